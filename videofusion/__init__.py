@@ -1,0 +1,34 @@
+"""videofusion: text-to-video with UNet3D latent diffusion (ModelScope text-to-video, zeroscope v2).
+
+A drop-in for diffusers' ``TextToVideoSDPipeline``::
+
+    from videofusion import TextToVideoSDPipeline, DPMSolverMultistepScheduler, export_to_video
+"""
+from .models import AutoencoderKL, UNet3DConditionModel
+from .noise import initial_latents
+from .pipeline import TextToVideoSDPipeline, TextToVideoSDPipelineOutput
+from .pipelines import DiffusionPipeline
+from .schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from .video import export_to_gif, export_to_video, load_video
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoencoderKL", "UNet3DConditionModel", "TextToVideoSDPipeline", "TextToVideoSDPipelineOutput",
+    "DiffusionPipeline", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+    "UniPCMultistepScheduler", "export_to_gif", "export_to_video", "load_video", "initial_latents",
+]

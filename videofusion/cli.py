@@ -1,0 +1,151 @@
+"""The ``videofusion`` command: parse, call the public API, write files. No model logic here."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class CLIError(Exception):
+    """A user mistake reported as one line and exit code 2."""
+
+
+def default_model() -> str:
+    """The built-in demo model shipped in the package, if present."""
+    from .demo import DEMO_MODEL_PATH
+    if not DEMO_MODEL_PATH.is_dir():
+        raise CLIError("--model: no built-in demo model is installed; pass a model folder or Hub id")
+    return str(DEMO_MODEL_PATH)
+
+
+def slug(prompt: str) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return (words[:60].rstrip("-") or "video")
+
+
+def pick_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device: {name} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def pick_dtype(name: str, device):
+    import torch
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def add_generate(sub) -> None:
+    from .schedulers import SCHEDULERS
+    p = sub.add_parser("generate", help="generate a video from a prompt",
+                       description="Generate a video from a text prompt and write it as mp4 or gif.")
+    p.add_argument("prompt", help="what the video shows")
+    p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
+    p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    p.add_argument("--num-frames", type=int, default=None, help="frames (default: 16)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 50 for ModelScope)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 9.0)")
+    p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), metavar="NAME",
+                   help="sampler: " + ", ".join(sorted(SCHEDULERS)) + " (default: the model's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    p.add_argument("--height", type=int, default=None, help="pixels, divisible by 8 (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="pixels, divisible by 8 (default: the model's)")
+    p.add_argument("--fps", type=float, default=8, help="frames per second of the file (default 8)")
+    p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <prompt>.mp4)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on cuda, float32 on cpu")
+    p.add_argument("--offload", default="none", choices=("none", "model", "sequential"),
+                   help="keep weights in CPU memory: per model, or per layer (slowest, least GPU memory)")
+    p.add_argument("--vae-slicing", action="store_true", help="decode one frame at a time (less memory)")
+    p.add_argument("--noise", default="independent", choices=("independent", "decomposed"),
+                   help="initial noise; decomposed = VideoFusion's shared base + per-frame residual")
+    p.add_argument("--noise-ratio", type=float, default=0.5, help="weight of the shared base noise (default 0.5)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    import torch
+    from . import DiffusionPipeline
+    from .demo import generation_defaults
+    from .schedulers import make_scheduler
+    from .video import export_to_gif, export_to_video
+
+    output = Path(args.output) if args.output else Path(slug(args.prompt) + ".mp4")
+    if output.suffix.lower() not in (".mp4", ".gif"):
+        raise CLIError(f"--output: {output} must end in .mp4 or .gif")
+    if not output.parent.exists():
+        raise CLIError(f"--output: folder {output.parent} does not exist")
+    if args.fps <= 0:
+        raise CLIError(f"--fps: must be > 0, got {args.fps}")
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model = args.model or default_model()
+    defaults = generation_defaults(model)
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+
+    t0 = time.perf_counter()
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant)
+    if args.scheduler:
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    if args.offload == "model":
+        pipe.enable_model_cpu_offload(device=device if device.type != "cpu" else None)
+    elif args.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device if device.type != "cpu" else None)
+    else:
+        pipe.to(device)
+    if args.vae_slicing:
+        pipe.enable_vae_slicing()
+    pipe.set_progress_bar_config(disable=args.quiet, desc="denoising")
+    load_s = time.perf_counter() - t0
+
+    settings = {k: v for k, v in dict(num_frames=args.num_frames, num_inference_steps=args.steps,
+                                      guidance_scale=args.guidance_scale, height=args.height,
+                                      width=args.width).items() if v is not None}
+    settings = {**defaults, **settings}
+    t1 = time.perf_counter()
+    frames = pipe(args.prompt, negative_prompt=args.negative_prompt,
+                  generator=[torch.Generator("cpu").manual_seed(seed)], noise=args.noise,
+                  noise_ratio=args.noise_ratio, **settings).frames[0]
+    gen_s = time.perf_counter() - t1
+    if output.suffix.lower() == ".gif":
+        export_to_gif(frames, str(output), fps=args.fps)
+    else:
+        export_to_video(frames, str(output), fps=args.fps)
+    print(f"{output}  ({len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, seed {seed}; "
+          f"generated in {gen_s:.1f} s, loaded in {load_s:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (CLIError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"videofusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

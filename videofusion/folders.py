@@ -1,0 +1,114 @@
+"""diffusers pipeline folders: ``model_index.json`` plus one subfolder per component.
+
+``model_index.json`` names each component's library and class, e.g.
+``"unet": ["diffusers", "UNet3DConditionModel"]``, ``"text_encoder": ["transformers", "CLIPTextModel"]``.
+We dispatch on the class name, so a folder written by diffusers loads here and ours loads there.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+DIFFUSERS_VERSION = "0.42.1"
+
+
+def _component_loaders() -> dict[str, Any]:
+    from .models import AutoencoderKL, UNet3DConditionModel
+    from .models.text import load_text_encoder, load_tokenizer
+    from .schedulers import get_scheduler_class
+
+    def model(cls):
+        return lambda folder, name, dtype, variant: cls.from_pretrained(
+            str(folder), subfolder=name, torch_dtype=dtype, variant=variant)
+
+    def scheduler(class_name):
+        return lambda folder, name, dtype, variant: get_scheduler_class(class_name).from_pretrained(
+            str(folder), subfolder=name)
+
+    loaders = {
+        "UNet3DConditionModel": model(UNet3DConditionModel),
+        "AutoencoderKL": model(AutoencoderKL),
+        "CLIPTextModel": lambda folder, name, dtype, variant: load_text_encoder(
+            folder, subfolder=name, torch_dtype=dtype, variant=variant),
+        "CLIPTokenizer": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
+        "CLIPTokenizerFast": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
+    }
+    from .schedulers import SCHEDULER_CLASSES
+    for cls in SCHEDULER_CLASSES:
+        loaders[cls.__name__] = scheduler(cls.__name__)
+    return loaders
+
+
+def pipeline_class_name(folder: str | os.PathLike) -> str:
+    from .loading import read_model_index
+    return read_model_index(folder)["_class_name"]
+
+
+def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dtype: torch.dtype | None = None,
+                             variant: str | None = None, cache_dir: str | None = None,
+                             revision: str | None = None, local_files_only: bool | None = None,
+                             **overrides: Any) -> dict[str, Any]:
+    """Load the components ``names`` of a pipeline folder or Hub id.
+
+    ``overrides`` maps component names to ready objects that replace the folder's
+    (``scheduler=DPMSolverMultistepScheduler(...)``); any other keyword is an error.
+    """
+    from .loading import read_model_index, resolve_pretrained
+    names = tuple(names)
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"from_pretrained: unexpected keyword argument(s) {unknown}; components are "
+                        f"{list(names)}, options are torch_dtype, variant, cache_dir, revision, local_files_only")
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"torch_dtype: must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
+    folder = resolve_pretrained(path_or_id, variant=variant, cache_dir=cache_dir, revision=revision,
+                                local_files_only=local_files_only)
+    index = read_model_index(folder)
+    loaders = _component_loaders()
+    components = {}
+    for name in names:
+        if name in overrides:
+            components[name] = overrides[name]
+            continue
+        entry = index.get(name)
+        if not entry or entry[1] is None:
+            raise ValueError(f"{folder}/model_index.json: component {name!r} is missing; it lists "
+                             f"{sorted(k for k in index if not k.startswith('_'))}")
+        class_name = entry[1]
+        if class_name not in loaders:
+            raise ValueError(f"{folder}/model_index.json: component {name!r} has class {class_name!r}, which "
+                             f"videofusion cannot load; supported: {sorted(loaders)}")
+        if not (Path(folder) / name).is_dir():
+            raise FileNotFoundError(f"{folder}: component folder {name!r} listed in model_index.json is missing")
+        components[name] = loaders[class_name](folder, name, torch_dtype, variant)
+    return components
+
+
+def _library_of(obj: Any) -> str:
+    return "transformers" if type(obj).__module__.startswith("transformers") else "diffusers"
+
+
+def save_pipeline(class_name: str, components: dict[str, Any], save_directory: str | os.PathLike, *,
+                  variant: str | None = None, safe_serialization: bool = True) -> None:
+    """Write ``model_index.json`` and each component's subfolder; every file is written atomically."""
+    from .loading import atomic_write_text
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}
+    for name, obj in components.items():
+        if obj is None:
+            index[name] = [None, None]
+            continue
+        index[name] = [_library_of(obj), type(obj).__name__]
+        target = out / name
+        if isinstance(obj, torch.nn.Module) and _library_of(obj) == "transformers":
+            obj.save_pretrained(str(target), variant=variant)  # transformers writes safetensors only
+        elif isinstance(obj, torch.nn.Module):
+            obj.save_pretrained(str(target), variant=variant, safe_serialization=safe_serialization)
+        else:  # tokenizer, scheduler
+            obj.save_pretrained(str(target))
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,357 @@
+"""Building blocks shared by the UNet3D denoiser and the VAE.
+
+One definition each: timestep embedding, ResNet block, attention (PyTorch SDPA), GEGLU feed-forward,
+transformer block, spatial and temporal transformers, ModelScope's temporal convolution, and 2x
+down/up sampling. Attribute names are diffusers' checkpoint keys (``to_q``, ``to_out.0``,
+``ff.net.2``, ``conv1.2``, ...), so a diffusers state dict loads with no renaming.
+
+Image tensors inside the models are ``(batch * num_frames, channels, height, width)``: frames are
+folded into the batch for the 2-D layers and unfolded by the temporal ones, which take ``num_frames``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def config_error(key: str, value, accepted: str) -> ValueError:
+    """The ValueError for a bad config value: names the key, the value and what is accepted."""
+    return ValueError(f"config {key}={value!r} is invalid: expected {accepted}")
+
+
+def get_activation(name: str) -> nn.Module:
+    """A fresh activation module by diffusers' name (case-insensitive): silu, swish, mish, gelu, relu."""
+    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
+        raise config_error("act_fn", name, f"one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name.lower()]()
+
+
+# ---------------------------------------------------------------------------------------------
+# time
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal timestep embedding (Ho et al. 2020, after Vaswani et al. 2017), cosines first.
+
+    ``timesteps`` (n,) may be fractional; returns (n, dim) float32 ``[cos(t w_i), sin(t w_i)]`` with
+    ``w_i = max_period ** (-i / (dim // 2))`` (diffusers' ``flip_sin_to_cos=True, downscale_freq_shift=0``),
+    zero-padded by one column when ``dim`` is odd. Computed on the fly: no buffer to lose on the meta device.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    args = timesteps[:, None].float() * torch.exp(exponent)[None, :]  # (n, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (n, 2*half)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class TimestepEmbedding(nn.Module):
+    """MLP on the sinusoidal embedding: ``linear_2(act(linear_1(x + cond_proj(cond))))``."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, act_fn: str = "silu",
+                 cond_proj_dim: int | None = None):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
+        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim else None
+        self.act = get_activation(act_fn)
+        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+
+    def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            sample = sample + self.cond_proj(condition)
+        return self.linear_2(self.act(self.linear_1(sample)))
+
+
+# ---------------------------------------------------------------------------------------------
+# convolutional blocks
+
+
+class ResnetBlock2D(nn.Module):
+    """Pre-norm ResNet block (GroupNorm -> act -> conv, twice) with an optional additive time embedding.
+
+    ``temb_channels=None`` gives the VAE's block (no ``time_emb_proj``). The skip path gets a 1x1
+    ``conv_shortcut`` when the channel count changes. Output is ``(skip + h) / output_scale_factor``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int,
+                 eps: float, act_fn: str = "silu", output_scale_factor: float = 1.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nonlinearity = get_activation(act_fn)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.output_scale_factor = output_scale_factor
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """x (n, c_in, h, w), temb (n, temb_channels) or None -> (n, c_out, h, w)."""
+        h = self.conv1(self.nonlinearity(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
+        h = self.conv2(self.nonlinearity(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return (x + h) / self.output_scale_factor
+
+
+class TemporalConvLayer(nn.Module):
+    """ModelScope's temporal convolution: four (GroupNorm, SiLU, [Dropout], Conv3d over frames) stages
+    plus identity. The last conv starts at zero, so a fresh layer is the identity.
+
+    Sequential indices are the checkpoint keys (``conv1.2``, ``conv2.3``, ...).
+    """
+
+    def __init__(self, channels: int, norm_num_groups: int, dropout: float = 0.1):
+        super().__init__()
+
+        def conv3d():
+            return nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+
+        self.conv1 = nn.Sequential(nn.GroupNorm(norm_num_groups, channels), nn.SiLU(), conv3d())
+        self.conv2, self.conv3, self.conv4 = (
+            nn.Sequential(nn.GroupNorm(norm_num_groups, channels), nn.SiLU(), nn.Dropout(dropout), conv3d())
+            for _ in range(3))
+        nn.init.zeros_(self.conv4[-1].weight)
+        nn.init.zeros_(self.conv4[-1].bias)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x (b*f, c, h, w) -> (b*f, c, h, w)."""
+        bf, c, h, w = x.shape
+        x = x.reshape(bf // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
+        x = x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        return x.permute(0, 2, 1, 3, 4).reshape(bf, c, h, w)  # (b*f, c, h, w)
+
+
+class Downsample2D(nn.Module):
+    """Stride-2 3x3 conv. ``padding=0`` pads one pixel right and bottom first (the VAE encoder)."""
+
+    def __init__(self, channels: int, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour 2x (or to ``output_size``) upsampling followed by a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """x (n, c, h, w) -> (n, c, 2h, 2w), or (n, c, *output_size) when given."""
+        if x.shape[0] >= 64 or x.numel() * 4 > 2**31:
+            x = x.contiguous()  # upsample_nearest_nhwc fails on large channels-last inputs (pytorch#141831)
+        if output_size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=tuple(output_size), mode="nearest")
+        return self.conv(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slice_size: int | None = None) -> torch.Tensor:
+    """Softmax attention ``softmax(q k^T / sqrt(d)) v`` via ``F.scaled_dot_product_attention``.
+
+    q (b, heads, n, d), k and v (b, heads, m, d) -> (b, heads, n, d). With ``slice_size`` the
+    (batch * heads) rows are processed ``slice_size`` at a time (less peak memory, same result).
+    """
+    if slice_size is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    b, heads, n, d = q.shape
+    q, k, v = (t.reshape(b * heads, t.shape[2], d) for t in (q, k, v))  # (b*heads, seq, d)
+    out = torch.cat([F.scaled_dot_product_attention(q[i:i + slice_size], k[i:i + slice_size], v[i:i + slice_size])
+                     for i in range(0, b * heads, slice_size)])
+    return out.reshape(b, heads, n, d)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with ``heads`` heads of ``dim_head`` channels.
+
+    Tokens (b, n, query_dim) attend to ``context`` (b, m, context_dim), or to themselves when
+    ``context`` is None. An image (b, c, h, w) is the VAE's mid-block attention: ``group_norm``,
+    self-attention over the h*w pixels, plus the input. ``slice_size`` (None = off) slices the
+    computation over batch*heads, see :func:`attention`; ``set_attention_slice`` sets it.
+    """
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
+                 bias: bool = False, norm_num_groups: int | None = None, eps: float = 1e-5):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.heads = heads
+        self.slice_size: int | None = None
+        self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = nn.Linear(context_dim or query_dim, inner_dim, bias=bias)
+        self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim)])  # diffusers' to_out.1 is a p=0 dropout
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if x.ndim == 4:
+            b, c, h, w = x.shape
+            tokens = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)  # (b, h*w, c)
+            return x + self.forward(tokens).transpose(1, 2).reshape(b, c, h, w)
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (b, heads, seq, d)
+        out = attention(q, k, v, self.slice_size).transpose(1, 2).flatten(2)  # (b, n, heads*d)
+        return self.to_out[0](out)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU unit (Shazeer 2020): ``a * gelu(gate)`` with ``[a, gate] = proj(x)``."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward ``dim -> mult*dim -> dim``."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        # index 1 is diffusers' dropout (p=0 in these models), kept so the output layer is ``net.2``
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-LayerNorm transformer block: self-attention, a second attention to ``context`` (cross-attention
+    when ``context_dim`` is set, else a second self-attention), GEGLU feed-forward; residual each.
+
+    ``chunk_size`` (None = off) runs the feed-forward on slices of ``chunk_size`` along ``chunk_dim``
+    (0: batch, 1: tokens): less peak memory, same result.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, dim_head, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+        self.chunk_size: int | None = None
+        self.chunk_dim = 0
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (b, n, dim), context (b, m, context_dim) or None -> (b, n, dim)."""
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        h = self.norm3(x)
+        if self.chunk_size is None:
+            return self.ff(h) + x
+        return torch.cat([self.ff(part) for part in h.split(self.chunk_size, dim=self.chunk_dim)],
+                         dim=self.chunk_dim) + x
+
+
+class Transformer2DModel(nn.Module):
+    """Spatial transformer: each frame's h*w pixels are tokens that attend to each other and to the
+    text ``context`` (one block, linear in/out projections, GroupNorm in, residual)."""
+
+    def __init__(self, in_channels: int, heads: int, dim_head: int, context_dim: int, norm_num_groups: int):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
+        self.proj_in = nn.Linear(in_channels, inner_dim)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, dim_head, context_dim)])
+        self.proj_out = nn.Linear(inner_dim, in_channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x (n, c, h, w), context (n, seq, context_dim) -> (n, c, h, w)."""
+        n, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c))  # (n, h*w, inner)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        return self.proj_out(tokens).reshape(n, h, w, c).permute(0, 3, 1, 2) + x  # (n, c, h, w)
+
+
+class TransformerTemporalModel(nn.Module):
+    """Temporal transformer: at each pixel the ``num_frames`` frames are tokens that attend to each
+    other (one block of two self-attentions; GroupNorm over (channels, frames, h, w); residual)."""
+
+    def __init__(self, in_channels: int, heads: int, dim_head: int, norm_num_groups: int):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
+        self.proj_in = nn.Linear(in_channels, inner_dim)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, dim_head)])
+        self.proj_out = nn.Linear(inner_dim, in_channels)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x (b*f, c, h, w) -> (b*f, c, h, w)."""
+        bf, c, h, w = x.shape
+        b = bf // num_frames
+        y = x.reshape(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
+        y = self.norm(y).permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)  # (b*h*w, f, c)
+        y = self.proj_in(y)
+        for block in self.transformer_blocks:
+            y = block(y)
+        y = self.proj_out(y).reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)  # (b, f, c, h, w)
+        return y.reshape(bf, c, h, w) + x  # (b*f, c, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory switches over a whole model
+
+
+def set_attention_slice(model: nn.Module, slice_size: str | int | Sequence[int | None] | None) -> None:
+    """Slice every :class:`Attention` in ``model`` (exact; see :func:`attention`).
+
+    ``None`` turns slicing off; ``"auto"`` uses half of each layer's heads (at least 1); ``"max"`` one
+    (batch*head) row at a time; an int that many rows per slice in every layer (at most the fewest
+    heads of any layer); a list gives one value per attention layer, in ``model.modules()`` order.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    if slice_size is None or slice_size == "max" or slice_size == "auto":
+        sizes = [None if slice_size is None else 1 if slice_size == "max" else max(1, m.heads // 2) for m in layers]
+    elif isinstance(slice_size, int) and not isinstance(slice_size, bool):
+        sizes = [slice_size] * len(layers)
+    elif isinstance(slice_size, (list, tuple)):
+        if len(slice_size) != len(layers):
+            raise ValueError(f"slice_size: a list needs one entry per attention layer ({len(layers)}), "
+                             f"got {len(slice_size)}")
+        sizes = list(slice_size)
+    else:
+        raise TypeError(f"slice_size must be None, 'auto', 'max', an int or a list of ints, got {slice_size!r}")
+    for layer, size in zip(layers, sizes):
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= layer.heads):
+            raise ValueError(f"slice_size {size!r} must be an int between 1 and the layer's head count ({layer.heads})")
+    for layer, size in zip(layers, sizes):
+        layer.slice_size = size
+
+
+def set_forward_chunking(model: nn.Module, chunk_size: int | None, dim: int = 0) -> None:
+    """Run every :class:`BasicTransformerBlock` feed-forward in chunks of ``chunk_size`` along ``dim``
+    (0 or 1); ``chunk_size=None`` turns chunking off. Exact."""
+    if dim not in (0, 1):
+        raise ValueError(f"dim must be 0 (batch) or 1 (tokens), got {dim!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    for m in model.modules():
+        if isinstance(m, BasicTransformerBlock):
+            m.chunk_size, m.chunk_dim = chunk_size, dim

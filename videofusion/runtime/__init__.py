@@ -1,0 +1,4 @@
+"""Where the models run: devices and CPU offload."""
+from .offload import ModelOffload, SequentialOffload, accelerator_device
+
+__all__ = ["ModelOffload", "SequentialOffload", "accelerator_device"]

@@ -1,0 +1,107 @@
+"""DDPM: ancestral sampling of denoising diffusion probabilistic models (Ho, Jain & Abbeel 2020)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, randn_tensor, spaced_timesteps
+from .ddim import predict_x0_eps
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
+
+
+def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
+                        alpha_prod_prev: torch.Tensor) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7), with alpha_t = abar_t / abar_prev so
+    that skipped timesteps work: coefficients sqrt(abar_prev) beta_t / (1 - abar_t) on x0 and
+    sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t) on x_t."""
+    beta_prod_t = 1 - alpha_prod_t
+    current_alpha_t = alpha_prod_t / alpha_prod_prev
+    current_beta_t = 1 - current_alpha_t
+    x0_coeff = alpha_prod_prev ** 0.5 * current_beta_t / beta_prod_t
+    sample_coeff = current_alpha_t ** 0.5 * (1 - alpha_prod_prev) / beta_prod_t
+    return x0_coeff * x0 + sample_coeff * sample
+
+
+def ddpm_noise_scale(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, variance_type: str,
+                     predicted_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of the added noise (Ho et al. 2020 sec. 3.2; learned variants: Nichol &
+    Dhariwal 2021 eq. 15). ``fixed_small``: posterior variance beta~_t (clamped at 1e-20);
+    ``fixed_large``: beta_t; ``learned``: the model's predicted variance (not its sqrt, as in
+    diffusers); ``learned_range``: log-interpolation between the two driven by the model."""
+    current_beta_t = 1 - alpha_prod_t / alpha_prod_prev
+    variance = torch.clamp((1 - alpha_prod_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+    if variance_type == "fixed_small":
+        return variance ** 0.5
+    if variance_type == "fixed_small_log":
+        return torch.exp(0.5 * torch.log(variance))
+    if variance_type == "fixed_large":
+        return current_beta_t ** 0.5
+    if variance_type == "learned":
+        return predicted_variance ** 0.5
+    if variance_type == "learned_range":
+        frac = (predicted_variance + 1) / 2
+        return torch.exp(0.5 * (frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)))
+    raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+
+class DDPMScheduler(Scheduler):
+    """DDPM ancestral sampler: every step draws fresh noise (except the last, at t = 0).
+
+    Config keys and defaults are diffusers' ``DDPMScheduler``'s. ``variance_type`` "learned" /
+    "learned_range" expect a model output with twice the sample's channels (mean, variance).
+    """
+
+    defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                    trained_betas=None, variance_type="fixed_small", clip_sample=True, prediction_type="epsilon",
+                    thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0,
+                    sample_max_value=1.0, timestep_spacing="leading", steps_offset=0, rescale_betas_zero_snr=False)
+    choices = {**Scheduler.choices, "variance_type": VARIANCE_TYPES,
+               "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")}
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Integer timesteps (int64, descending), spaced per ``timestep_spacing``; linspace rounded."""
+        c = self.config
+        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        self.num_inference_steps = num_inference_steps
+        t = spaced_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
+        self.timesteps = torch.from_numpy(np.round(t).astype(np.int64)).to(device)
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The timestep after ``timestep`` in the schedule, or -1 after the last one."""
+        index = (self.timesteps == timestep).nonzero(as_tuple=True)[0]
+        if len(index) == 0:
+            raise ValueError(f"timestep {timestep} is not in this scheduler's timesteps")
+        index = index[0]
+        return torch.tensor(-1) if index == self.timesteps.shape[0] - 1 else self.timesteps[index + 1]
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        """One ancestral step x_t -> x_{t-1} ~ N(posterior mean, sigma^2); noise from ``generator``.
+
+        model_output, sample: (b, c, f, h, w) (model_output (b, 2c, ...) for learned variances).
+        """
+        self._require_timesteps()
+        c = self.config
+        t = timestep
+        prev_t = self.previous_timestep(t)
+        predicted_variance = None
+        if model_output.shape[1] == sample.shape[1] * 2 and c.variance_type in ("learned", "learned_range"):
+            model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        x0, _ = predict_x0_eps(model_output, sample, alpha_prod_t, c.prediction_type)
+        if c.thresholding:
+            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        elif c.clip_sample:
+            x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        prev_sample = ddpm_posterior_mean(x0, sample, alpha_prod_t, alpha_prod_prev)
+        if t > 0:
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            prev_sample = prev_sample + ddpm_noise_scale(alpha_prod_t, alpha_prod_prev, c.variance_type,
+                                                         predicted_variance) * noise
+        return self._output(prev_sample, x0, return_dict)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v-prediction training target at integer ``timesteps`` (b,); see ``Scheduler._velocity``."""
+        return self._velocity(sample, noise, timesteps)

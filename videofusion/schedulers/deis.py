@@ -1,0 +1,176 @@
+"""DEIS: diffusion exponential integrator sampler (Zhang & Chen 2022, "Fast Sampling of Diffusion Models
+with Exponential Integrator"), the multistep log-rho variant ("tAB-DEIS" in rho = sigma / alpha).
+
+The noise prediction is extrapolated by a Lagrange polynomial in log(rho) through the last 1-3 outputs and
+integrated exactly over the step; order 1 is DDIM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
+from .dpm_multistep import (
+    half_log_snr,
+    inference_schedule,
+    multistep_timesteps,
+    predict_x0,
+    reject_unsupported,
+    schedule_add_noise,
+    sigma_spacing_of,
+    vp_alpha_sigma,
+)
+
+
+def deis_first_order(sample: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """First-order DEIS from VE noise level `sigma` to `sigma_next` with noise prediction `eps` (= DDIM)."""
+    alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
+    alpha_s, _ = vp_alpha_sigma(sigma)
+    h = half_log_snr(sigma_next) - half_log_snr(sigma)
+    return (alpha_t / alpha_s) * sample - (sigma_t * (torch.exp(h) - 1.0)) * eps
+
+
+def _rho(sigma: torch.Tensor) -> torch.Tensor:
+    alpha, sig = vp_alpha_sigma(sigma)
+    return sig / alpha
+
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    """log of a 0-d CPU tensor computed by numpy, as diffusers' DEIS does. The coefficients below are
+    differences of nearly equal terms, so torch.log's last-bit differences would move samples by ~1e-5."""
+    return torch.tensor(np.log(x.numpy()))
+
+
+def _int_lagrange_2(t, b, c):
+    """Antiderivative in t of the Lagrange basis (log t - log c) / (log b - log c)."""
+    return t * (-_log(c) + _log(t) - 1) / (_log(b) - _log(c))
+
+
+def _int_lagrange_3(t, b, c, d):
+    """Antiderivative in t of (log t - log c)(log t - log d) / ((log b - log c)(log b - log d))."""
+    lt, lc, ld = _log(t), _log(c), _log(d)
+    numerator = t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2)
+    return numerator / ((_log(b) - lc) * (_log(b) - ld))
+
+
+def deis_multistep(
+    sample: torch.Tensor, eps: list[torch.Tensor], sigmas: list[torch.Tensor], sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """Second- or third-order multistep DEIS (log-rho) from `sigmas[0]` to `sigma_next`.
+
+    eps / sigmas: the last 2 or 3 noise predictions and their VE noise levels, newest first.
+    x_next = alpha_next * (x / alpha + sum_j c_j eps_j), c_j = integral over [rho, rho_next] of the j-th
+    Lagrange basis polynomial in log rho (Zhang & Chen 2022, eq. 15 with rho as the time variable).
+    """
+    alpha_t, _ = vp_alpha_sigma(sigma_next)
+    alpha_s0, _ = vp_alpha_sigma(sigmas[0])
+    rho_t, rhos = _rho(sigma_next), [_rho(s) for s in sigmas]
+    x = sample / alpha_s0
+    if len(eps) == 2:
+        (r0, r1), integral = rhos, _int_lagrange_2
+        coefs = (integral(rho_t, r0, r1) - integral(r0, r0, r1), integral(rho_t, r1, r0) - integral(r0, r1, r0))
+    elif len(eps) == 3:
+        (r0, r1, r2), integral = rhos, _int_lagrange_3
+        coefs = (
+            integral(rho_t, r0, r1, r2) - integral(r0, r0, r1, r2),
+            integral(rho_t, r1, r2, r0) - integral(r0, r1, r2, r0),
+            integral(rho_t, r2, r0, r1) - integral(r0, r2, r0, r1),
+        )
+    else:
+        raise ValueError(f"deis_multistep takes 2 or 3 past outputs, got {len(eps)}")
+    for coef, e in zip(coefs, eps):
+        x = x + coef * e
+    return alpha_t * x
+
+
+class DEISMultistepScheduler(Scheduler):
+    """Multistep DEIS (orders 1-3), diffusers' `DEISMultistepScheduler`.
+
+    Config keys and defaults are diffusers'; `algorithm_type` / `solver_type` have one value each ('deis' /
+    'logrho'; DPM-Solver's and UniPC's names map to them). The last sigma is the training minimum (the sampler
+    never reaches sigma 0), or the last respaced sigma repeated. Not implemented (ValueError): the UNSUPPORTED
+    flow-matching options ('sde-dpmsolver++' has no DEIS counterpart either).
+    """
+
+    defaults = dict(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", trained_betas=None,
+        solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
+        sample_max_value=1.0, algorithm_type="deis", solver_type="logrho", lower_order_final=True,
+        use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
+        timestep_spacing="linspace", steps_offset=0,
+    )
+    choices = {**Scheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("deis",), "solver_type": ("logrho",)}
+
+    def __init__(self, **config):
+        # other solvers' names, mapped as diffusers maps them (its DEIS has one algorithm and one solver type)
+        if config.get("algorithm_type") in ("dpmsolver", "dpmsolver++"):
+            config["algorithm_type"] = "deis"
+        if config.get("solver_type") in ("midpoint", "heun", "bh1", "bh2"):
+            config["solver_type"] = "logrho"
+        super().__init__(**config)
+        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+
+    def _validate(self, values: dict) -> None:
+        super()._validate(values)
+        reject_unsupported(type(self).__name__, values)
+        sigma_spacing_of(values)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
+        c = self.config
+        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
+        spacing = sigma_spacing_of(c)
+        timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, spacing)
+        sigma_last = sigmas[-1] if spacing else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        self.model_outputs = [None] * c.solver_order
+        self.lower_order_nums = 0
+        self._step_index = None
+        self._begin_index = None
+
+    def _noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) at the current step; eps is recomputed from the (optionally thresholded) x0, as diffusers does."""
+        c, sigma = self.config, self.sigmas[self._step_index]
+        x0 = predict_x0(model_output, sample, sigma, c.prediction_type)
+        if c.thresholding:
+            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        alpha_t, sigma_t = vp_alpha_sigma(sigma)
+        return x0, (sample - alpha_t * x0) / sigma_t
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True):
+        """One DEIS step from `timestep` to the next one in the schedule.
+
+        model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample, pred_original_sample=x0) or
+        that tuple. Deterministic: takes no generator.
+        """
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        c, i, n = self.config, self._step_index, len(self.timesteps)
+        lower_final = i == n - 1 and c.lower_order_final and n < 15
+        lower_second = i == n - 2 and c.lower_order_final and n < 15
+
+        x0, eps = self._noise_prediction(model_output, sample)
+        self.model_outputs = [*self.model_outputs[1:], eps]  # oldest first
+        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
+            order = 1
+        elif c.solver_order == 2 or self.lower_order_nums < 2 or lower_second:
+            order = 2
+        else:
+            order = 3
+        if order == 1:
+            prev = deis_first_order(sample, eps, self.sigmas[i], self.sigmas[i + 1])
+        else:
+            past = self.model_outputs[::-1][:order]  # newest first
+            prev = deis_multistep(sample, past, [self.sigmas[i - k] for k in range(order)], self.sigmas[i + 1])
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
+        self._step_index += 1
+        return self._output(prev, x0, return_dict)
+
+    add_noise = schedule_add_noise

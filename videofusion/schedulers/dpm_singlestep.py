@@ -1,0 +1,196 @@
+"""Singlestep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Alg. 1; DPM-Solver, Lu et al. 2022, Alg. 1-2).
+
+A k-th order singlestep solver spends k model evaluations on one big step: the schedule is cut into groups
+of k timesteps (`singlestep_orders`); the first evaluation of a group takes a first-order step to the next
+timestep, and the group's last step restarts from the group's first sample using all k data predictions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, randn_tensor, sigmas_from_alphas_cumprod
+from .dpm_multistep import (
+    dpm_solver_pp_first_order,
+    dpm_solver_pp_second_order,
+    half_log_snr,
+    inference_schedule,
+    multistep_timesteps,
+    predict_x0,
+    reject_unsupported,
+    schedule_add_noise,
+    sigma_spacing_of,
+    vp_alpha_sigma,
+)
+
+
+def singlestep_orders(num_steps: int, solver_order: int, lower_order_final: bool) -> list[int]:
+    """Solver order at each of `num_steps` steps: repeating groups 1, 2, .., `solver_order`; with
+    `lower_order_final` the tail is cut to a shorter group so the schedule ends on a group boundary
+    (diffusers' `get_order_list`)."""
+    steps, k = num_steps, solver_order
+    if not lower_order_final or k == 1:
+        return list(range(1, k + 1)) * (steps // k)
+    if k == 2:
+        return [1, 2] * (steps // 2 - 1) + [1, 1] if steps % 2 == 0 else [1, 2] * (steps // 2) + [1]
+    if steps % 3 == 0:
+        return [1, 2, 3] * (steps // 3 - 1) + [1, 2] + [1]
+    return [1, 2, 3] * (steps // 3) + ([1] if steps % 3 == 1 else [1, 2])
+
+
+def dpm_solver_pp_3s(
+    sample: torch.Tensor,
+    x0s: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    sigmas: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    sigma_next: torch.Tensor,
+    solver_type: str = "midpoint",
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Third-order singlestep DPM-Solver++ (Lu et al. 2022, DPM-Solver-3 in data-prediction form) from the
+    group's first point `sigmas[0]` (where `sample` lives) to `sigma_next`.
+
+    `x0s` / `sigmas`: data predictions at the group's three points, oldest first. 'midpoint' uses only the
+    first and last point for the derivative (the paper's DPM-Solver-3); 'heun' fits first and second
+    derivatives through all three. With `noise`: the SDE variant.
+    """
+    m2, m1, m0 = x0s
+    alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
+    _, sigma_s2 = vp_alpha_sigma(sigmas[0])
+    lambda_s2, lambda_s1, lambda_s0 = (half_log_snr(s) for s in sigmas)
+    h, h_0, h_1 = half_log_snr(sigma_next) - lambda_s2, lambda_s0 - lambda_s2, lambda_s1 - lambda_s2
+    r0, r1 = h_0 / h, h_1 / h
+    d1_0, d1_1 = (1.0 / r1) * (m1 - m2), (1.0 / r0) * (m0 - m2)
+    d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
+    d2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
+    if noise is None:
+        x_t = (sigma_t / sigma_s2) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * m2
+        if solver_type == "midpoint":
+            return x_t + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1_1
+        return (
+            x_t
+            + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1
+            - (alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)) * d2
+        )
+    x_t = (sigma_t / sigma_s2 * torch.exp(-h)) * sample + (alpha_t * (1.0 - torch.exp(-2.0 * h))) * m2
+    if solver_type == "midpoint":
+        x_t = x_t + (alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)) * d1_1
+    else:
+        x_t = (
+            x_t
+            + (alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)) * d1
+            + (alpha_t * ((1.0 - torch.exp(-2.0 * h) + (-2.0 * h)) / (-2.0 * h) ** 2 - 0.5)) * d2
+        )
+    return x_t + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
+
+
+class DPMSolverSinglestepScheduler(Scheduler):
+    """Singlestep DPM-Solver++ (orders 1-3) and its SDE variant, diffusers' `DPMSolverSinglestepScheduler`.
+
+    Config keys and defaults are diffusers' (this class has no `timestep_spacing`: timesteps are always
+    'linspace'). `lower_order_final` is forced on, as diffusers does, when `num_inference_steps` is not a
+    multiple of `solver_order` or the final sigma is 'zero' (the default); unlike diffusers the config is not
+    rewritten, so the forcing is decided afresh at every `set_timesteps`. Not implemented (ValueError):
+    the deprecated noise-prediction 'dpmsolver', and the UNSUPPORTED flow-matching / learned-variance options.
+    """
+
+    defaults = dict(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", trained_betas=None,
+        solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
+        sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=False,
+        use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
+        final_sigmas_type="zero", lambda_min_clipped=-float("inf"), variance_type=None,
+    )
+    choices = {
+        **Scheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
+        "solver_type": ("midpoint", "heun"), "final_sigmas_type": ("zero", "sigma_min"),
+    }
+
+    def __init__(self, **config):
+        if config.get("algorithm_type") == "deis":  # as diffusers maps other solvers' names
+            config["algorithm_type"] = "dpmsolver++"
+        if config.get("solver_type") in ("logrho", "bh1", "bh2"):
+            config["solver_type"] = "midpoint"
+        super().__init__(**config)
+        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
+        self.sample: torch.Tensor | None = None  # the sample at the start of the current group
+        self.order_list: list[int] = []
+
+    def _validate(self, values: dict) -> None:
+        super()._validate(values)
+        reject_unsupported(type(self).__name__, values)
+        sigma_spacing_of(values)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Timesteps (int64, descending, on `device`), sigmas (float32 CPU, plus the final sigma), step orders."""
+        c = self.config
+        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        alpha_t, sigma_t = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
+        clipped_idx = torch.searchsorted(torch.flip(torch.log(alpha_t) - torch.log(sigma_t), [0]), c.lambda_min_clipped)
+        timesteps = multistep_timesteps(
+            c.num_train_timesteps, num_inference_steps, "linspace", last_timestep=c.num_train_timesteps - clipped_idx.item()
+        )
+        timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, sigma_spacing_of(c))
+        sigma_last = 0 if c.final_sigmas_type == "zero" else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = num_inference_steps
+        self.model_outputs = [None] * c.solver_order
+        self.sample = None
+        lower_order_final = (
+            c.lower_order_final or num_inference_steps % c.solver_order != 0 or c.final_sigmas_type == "zero"
+        )
+        self.order_list = singlestep_orders(num_inference_steps, c.solver_order, lower_order_final)
+        if c.final_sigmas_type == "zero":
+            self.order_list[-1] = 1  # landing on sigma 0 needs a first-order last step
+        self._step_index = None
+        self._begin_index = None
+
+    def _data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        x0 = predict_x0(model_output, sample, self.sigmas[self._step_index], c.prediction_type)
+        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ):
+        """One step of the current group (see the module docstring).
+
+        model_output, sample: (b, c, f, h, w). `generator` seeds the noise of 'sde-dpmsolver++'. Returns
+        SchedulerOutput(prev_sample, pred_original_sample=the data prediction x0 at `timestep`) or that tuple.
+        """
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        c, i = self.config, self._step_index
+        x0 = self._data_prediction(model_output, sample)
+        self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
+        noise = None
+        if c.algorithm_type == "sde-dpmsolver++":
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+
+        order = self.order_list[i]
+        while self.model_outputs[-order] is None:  # a schedule entered mid-group (video-to-video) starts at order 1
+            order -= 1
+        if order == 1:
+            self.sample = sample
+        sigma_next = self.sigmas[i + 1]
+        if order == 1:
+            prev = dpm_solver_pp_first_order(self.sample, x0, self.sigmas[i], sigma_next, noise)
+        elif order == 2:
+            prev = dpm_solver_pp_second_order(
+                self.sample, self.model_outputs[-2], x0, self.sigmas[i - 1], self.sigmas[i], sigma_next, c.solver_type, noise
+            )
+        else:
+            sigmas = (self.sigmas[i - 2], self.sigmas[i - 1], self.sigmas[i])
+            prev = dpm_solver_pp_3s(self.sample, tuple(self.model_outputs[-3:]), sigmas, sigma_next, c.solver_type, noise)
+        self._step_index += 1
+        return self._output(prev, x0, return_dict)
+
+    add_noise = schedule_add_noise

@@ -1,0 +1,97 @@
+"""Heun's second-order sampler on the discrete sigma schedule (Karras et al. 2022, Algorithm 1)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Scheduler, discrete_sigmas, sigma_spacing
+from .euler import _sigma_timesteps, sigma_predict_x0
+
+
+def heun_correct(start: torch.Tensor, first_derivative: torch.Tensor, predicted: torch.Tensor,
+                 x0_predicted: torch.Tensor, sigma_next: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """Heun's correction (Karras et al. 2022, Alg. 1 lines 9-11): average the slope at the start
+    of the step with the slope (x - x0) / sigma_next at the Euler prediction ``predicted`` (where
+    the model gave ``x0_predicted``) and redo the step of size dt from ``start``."""
+    derivative = (first_derivative + (predicted - x0_predicted) / sigma_next) / 2
+    return start + derivative * dt
+
+
+class HeunDiscreteScheduler(Scheduler):
+    """Heun sampler: two model evaluations per step (an Euler predictor, then a trapezoid
+    corrector), so ``timesteps`` lists every timestep but the first twice and ``order`` is 2.
+
+    Config keys and defaults are diffusers' ``HeunDiscreteScheduler``'s (note its default betas
+    0.00085..0.012), including Karras / exponential / beta sigma spacing and ``clip_sample``.
+    """
+
+    defaults = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                    trained_betas=None, prediction_type="epsilon", use_karras_sigmas=False,
+                    use_exponential_sigmas=False, use_beta_sigmas=False, clip_sample=False, clip_sample_range=1.0,
+                    timestep_spacing="linspace", steps_offset=0)
+    choices = {**Scheduler.choices, "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "exp")}
+    order = 2
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        sigma_spacing(self.config)
+        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
+        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
+        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.prev_derivative: torch.Tensor | None = None  # slope at the start of the current step
+        self.dt: torch.Tensor | None = None  # sigma_next - sigma of the current step
+        self.sample: torch.Tensor | None = None  # the current step's starting sample
+
+    init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
+    scale_model_input = Scheduler._sigma_scale_model_input
+    add_noise = Scheduler._sigma_add_noise
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next ``step`` is a predictor (first) evaluation."""
+        return self.dt is None
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Timesteps [t0, t1, t1, t2, t2, ...] (float32) and sigmas [s0, s1, s1, ..., 0]."""
+        c = self.config
+        timesteps = _sigma_timesteps(self, num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        sigmas, timesteps = discrete_sigmas(self.alphas_cumprod, timesteps, sigma_spacing(c))
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+        timesteps = torch.from_numpy(timesteps)
+        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
+        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
+        self._step_index = None
+        self._begin_index = None
+        self._reset()
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        """Predictor (Euler) or corrector (trapezoid) stage, alternating. Shapes (b, c, f, h, w).
+        Deterministic: ``generator`` is accepted (the pipeline passes it to every scheduler), unused."""
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        first = self.state_in_first_order
+        if first:
+            sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
+        else:  # 2nd order / Heun's method: the model was evaluated at the predicted point
+            sigma, sigma_next = self.sigmas[self._step_index - 1], self.sigmas[self._step_index]
+        c = self.config
+        x0 = sigma_predict_x0(model_output, sample, sigma if first else sigma_next, c.prediction_type)
+        if c.clip_sample:
+            x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        if first:  # Euler predictor; remember where it started
+            derivative = (sample - x0) / sigma
+            dt = sigma_next - sigma
+            self.prev_derivative, self.dt, self.sample = derivative, dt, sample
+            prev_sample = sample + derivative * dt
+        else:
+            prev_sample = heun_correct(self.sample, self.prev_derivative, sample, x0, sigma_next, self.dt)
+            self._reset()
+        self._step_index += 1
+        return self._output(prev_sample, x0, return_dict)

@@ -1,0 +1,206 @@
+"""UniPC: unified predictor-corrector sampler (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector
+Framework for Fast Sampling of Diffusion Models", Alg. 2 (UniP-p) and Alg. 3 (UniC-p), B(h) variants).
+
+Each step first corrects the sample the previous step predicted, using the model output just computed at it
+(UniC, no extra model call), then predicts the next sample from the history of outputs (UniP).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
+from .dpm_multistep import (
+    half_log_snr,
+    inference_schedule,
+    multistep_timesteps,
+    predict_epsilon,
+    predict_x0,
+    reject_unsupported,
+    schedule_add_noise,
+    sigma_spacing_of,
+    vp_alpha_sigma,
+)
+
+
+def unipc_bh_update(
+    sample: torch.Tensor,
+    m0: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    history: list[tuple[torch.Tensor, torch.Tensor]],
+    order: int,
+    solver_type: str = "bh2",
+    predict_x0: bool = True,
+    model_next: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UniPC update of `sample` from `sigma` (where the converted model output is `m0`) to `sigma_next`.
+
+    history: `order - 1` earlier (converted output, sigma) pairs, newest first. Without `model_next` this is
+    the predictor UniP-`order`; with `model_next` (the converted output at `sigma_next`, from the model call
+    on the predicted sample) it is the corrector UniC-`order`, of accuracy order + 1. `solver_type` picks
+    B(h) = h ('bh1') or e^h - 1 ('bh2'); `predict_x0` selects the data- (True) or noise-prediction form.
+    """
+    alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
+    alpha_s0, sigma_s0 = vp_alpha_sigma(sigma)
+    lambda_s0 = half_log_snr(sigma)
+    h = half_log_snr(sigma_next) - lambda_s0
+
+    rks, d1s = [], []
+    for mi, sigma_i in history:
+        rk = (half_log_snr(sigma_i) - lambda_s0) / h
+        rks.append(rk)
+        d1s.append((mi - m0) / rk)
+    rks.append(torch.ones((), device=sample.device))
+    rks = torch.stack(rks)
+
+    # the order conditions R rho = b (Zhao et al. 2023, eq. 8 / Alg. 2), with phi functions of hh
+    hh = -h if predict_x0 else h
+    h_phi_1 = torch.expm1(hh)  # h * phi_1(h) = e^h - 1
+    h_phi_k = h_phi_1 / hh - 1
+    factorial_i = 1
+    b_h = hh if solver_type == "bh1" else torch.expm1(hh)
+    rows, b = [], []
+    for i in range(1, order + 1):
+        rows.append(torch.pow(rks, i - 1))
+        b.append(h_phi_k * factorial_i / b_h)
+        factorial_i *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial_i
+    R, b = torch.stack(rows), torch.stack(b)
+
+    if predict_x0:
+        x_t = sigma_t / sigma_s0 * sample - alpha_t * h_phi_1 * m0
+        scale = alpha_t * b_h
+    else:
+        x_t = alpha_t / alpha_s0 * sample - sigma_t * h_phi_1 * m0
+        scale = sigma_t * b_h
+    d1s = torch.stack(d1s, dim=1) if d1s else None  # (b, order-1, c, f, h, w)
+
+    if model_next is None:  # predictor: rho solves the (order-1)-sized system; 1/2 for order 2
+        if d1s is None:
+            return x_t.to(sample.dtype)
+        if order == 2:
+            rhos = torch.ones(1, dtype=sample.dtype, device=sample.device) * 0.5
+        else:
+            rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(sample.device).to(sample.dtype)
+        res = torch.einsum("k,bk...->b...", rhos, d1s)
+        return (x_t - scale * res).to(sample.dtype)
+
+    # corrector: the new point joins the system with rk = 1; 1/2 for order 1
+    if order == 1:
+        rhos = torch.ones(1, dtype=sample.dtype, device=sample.device) * 0.5
+    else:
+        rhos = torch.linalg.solve(R, b).to(sample.device).to(sample.dtype)
+    res = torch.einsum("k,bk...->b...", rhos[:-1], d1s) if d1s is not None else 0
+    return (x_t - scale * (res + rhos[-1] * (model_next - m0))).to(sample.dtype)
+
+
+class UniPCMultistepScheduler(Scheduler):
+    """UniPC (UniP-p predictor + UniC-p corrector), diffusers' `UniPCMultistepScheduler`.
+
+    Config keys and defaults are diffusers'. `solver_order` p (2 for guided sampling), `solver_type` 'bh1' or
+    'bh2', `predict_x0` data- or noise-prediction form, `disable_corrector` step indices whose following
+    correction is skipped, `lower_order_final` lowers the order on the last steps, `final_sigmas_type`,
+    `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` with optional `sigma_min` / `sigma_max`.
+    Not implemented: the UNSUPPORTED flow-matching options (ValueError); `solver_p` (an external predictor) is not read.
+    """
+
+    defaults = dict(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", trained_betas=None,
+        solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
+        sample_max_value=1.0, predict_x0=True, solver_type="bh2", lower_order_final=True, disable_corrector=[],
+        use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
+        timestep_spacing="linspace", steps_offset=0, final_sigmas_type="zero", rescale_betas_zero_snr=False,
+        sigma_min=None, sigma_max=None,
+    )
+    choices = {**Scheduler.choices, "solver_type": ("bh1", "bh2"), "final_sigmas_type": ("zero", "sigma_min")}
+
+    def __init__(self, **config):
+        if config.get("solver_type") in ("midpoint", "heun", "logrho"):  # DPM-Solver / DEIS names, as diffusers maps them
+            config["solver_type"] = "bh2"
+        super().__init__(**config)
+        if self.config.rescale_betas_zero_snr:
+            self.alphas_cumprod[-1] = 2**-24  # near zero so the first sigma stays finite
+        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self._reset_history()
+
+    def _reset_history(self) -> None:
+        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+        self.last_sample: torch.Tensor | None = None  # the sample before the last predictor step
+        self.this_order = 0
+
+    def _validate(self, values: dict) -> None:
+        super()._validate(values)
+        reject_unsupported(type(self).__name__, values)
+        sigma_spacing_of(values)
+        order = values["solver_order"]
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"solver_order must be an int >= 1, got {order!r}")
+        if not values["predict_x0"] and values["final_sigmas_type"] == "zero":
+            raise ValueError("predict_x0=False needs final_sigmas_type='sigma_min': the noise-prediction update is "
+                             "undefined at sigma 0 (diffusers returns NaN there)")
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
+        c = self.config
+        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
+        spacing = sigma_spacing_of(c)
+        timesteps, sigmas = inference_schedule(
+            self.alphas_cumprod, timesteps, spacing, sigma_min=c.sigma_min, sigma_max=c.sigma_max
+        )
+        if c.final_sigmas_type == "zero":
+            sigma_last = 0
+        else:  # the respaced schedule ends on its own last sigma, the plain one on the training minimum
+            sigma_last = sigmas[-1] if spacing else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        self._reset_history()
+        self._step_index = None
+        self._begin_index = None
+
+    def _convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The data prediction x0 (`predict_x0`, thresholded if asked) or the noise prediction."""
+        c, sigma = self.config, self.sigmas[self._step_index]
+        if not c.predict_x0:
+            return predict_epsilon(model_output, sample, sigma, c.prediction_type)
+        x0 = predict_x0(model_output, sample, sigma, c.prediction_type)
+        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
+
+    def _history(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The `this_order - 1` converted outputs before the newest one, newest first, with their sigmas
+        (the newest output belongs to step `index`)."""
+        return [(self.model_outputs[-(k + 1)], self.sigmas[index - k]) for k in range(1, self.this_order)]
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True):
+        """Correct `sample` (UniC) with this model output, then predict the next sample (UniP).
+
+        model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample, pred_original_sample=x0
+        when `predict_x0`, else None) or that tuple. Deterministic: takes no generator.
+        """
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        c, i = self.config, self._step_index
+        converted = self._convert(model_output, sample)
+        if i > 0 and (i - 1) not in c.disable_corrector and self.last_sample is not None:
+            sample = unipc_bh_update(
+                self.last_sample, self.model_outputs[-1], self.sigmas[i - 1], self.sigmas[i], self._history(i - 1),
+                self.this_order, c.solver_type, c.predict_x0, model_next=converted,
+            )
+        self.model_outputs = [*self.model_outputs[1:], converted]  # oldest first
+
+        order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
+        self.this_order = min(order, self.lower_order_nums + 1)  # warm up: one more past output each step
+        self.last_sample = sample
+        prev = unipc_bh_update(
+            sample, converted, self.sigmas[i], self.sigmas[i + 1], self._history(i), self.this_order, c.solver_type, c.predict_x0
+        )
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
+        self._step_index += 1
+        return self._output(prev, converted if c.predict_x0 else None, return_dict)
+
+    add_noise = schedule_add_noise

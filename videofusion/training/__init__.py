@@ -1,0 +1,1 @@
+"""Training: data sets (``shapes``: synthetic moving-shape clips) and, later, the fine-tuning loop."""

@@ -1,0 +1,81 @@
+"""The recipe of the built-in demo model: a tiny text-to-video pipeline trained from scratch on
+synthetic moving shapes (:mod:`videofusion.training.shapes`), 16 frames of 64x64 pixels.
+
+Steps (each reproducible from the repo, see docs/demo-model.md):
+
+1. :func:`init_demo_pipeline` writes a starting pipeline folder: a CLIP tokenizer learned from the
+   caption vocabulary, a random tiny CLIP text encoder, a tiny VAE *trained* on the clips' frames
+   (:func:`~videofusion.training.autoencoder.train_autoencoder`), a random tiny UNet3D and the
+   ModelScope DDIM scheduler config. (``videofusion init-demo OUT``)
+2. ``videofusion train configs/demo.toml`` trains the UNet and the text encoder on the clips.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .shapes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, ShapesDataset
+
+SIZE = 64          # pixels, height and width
+NUM_FRAMES = 16
+MAX_TOKENS = 16    # the captions are at most ~12 tokens
+
+VAE = dict(block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16, latent_channels=4,
+           down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+           sample_size=SIZE, in_channels=3, out_channels=3)
+UNET = dict(block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
+            attention_head_dim=8, down_block_types=["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+            up_block_types=["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"], sample_size=SIZE // 4,
+            in_channels=4, out_channels=4)
+TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=MAX_TOKENS, projection_dim=64, hidden_act="quick_gelu")
+SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
+                 num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1)
+
+
+def caption_words() -> list[str]:
+    """Every word of the synthetic captions (core and detailed forms)."""
+    words = {"a", "moving", "on", "background", "slowly", "steadily", "quickly"}
+    words |= set(COLOURS) | set(SHAPES) | set(DIRECTIONS) | set(SIZES) | set(BACKGROUNDS)
+    return sorted(words)
+
+
+def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 1500, seed: int = 0,
+                       progress: bool = True) -> Path:
+    """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..models import AutoencoderKL, UNet3DConditionModel
+    from ..pipeline import TextToVideoSDPipeline
+    from ..schedulers import DDIMScheduler
+    from .autoencoder import fit_scaling_factor, train_autoencoder
+    from .tokenizer import build_clip_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_clip_tokenizer(caption_words(), out / ".vocab", model_max_length=MAX_TOKENS)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        **TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    unet = UNet3DConditionModel(**UNET)
+    vae = AutoencoderKL(**VAE)
+    frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
+    train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress)
+    vae = _with_scaling(vae, fit_scaling_factor(vae, frames, seed=seed))
+    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                 scheduler=DDIMScheduler(**SCHEDULER))
+    pipe.save_pretrained(str(out))
+    import shutil
+    shutil.rmtree(out / ".vocab", ignore_errors=True)
+    return out
+
+
+def _with_scaling(vae, factor: float):
+    """The same VAE weights under a config whose ``scaling_factor`` is ``factor`` (5 decimals)."""
+    from ..models import AutoencoderKL
+    fitted = AutoencoderKL(**{**VAE, "scaling_factor": round(factor, 5)})
+    fitted.load_state_dict(vae.state_dict())
+    return fitted.eval().requires_grad_(False)

@@ -1,0 +1,312 @@
+"""Train or fine-tune the UNet (and optionally the text encoder) of a text-to-video pipeline folder.
+
+One step (DDPM training, Ho et al. 2020, with VideoFusion's decomposed noise, Luo et al. 2023):
+
+1. encode a batch of clips with the frozen VAE: latents ``z0`` of shape (b, c, f, h, w);
+2. draw noise ``eps`` with a base shared over the frames: ``eps_i = sqrt(l) * base + sqrt(1 - l) * r_i``
+   (``l = noise_ratio``; 0 is standard diffusion), a timestep ``t`` per clip;
+3. ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``; the UNet predicts ``eps`` (or ``v``) from
+   ``z_t``, ``t`` and the caption's embedding (empty caption with probability ``caption_dropout``, so
+   classifier-free guidance works); MSE loss.
+
+Every random draw of step ``k`` comes from a generator seeded by ``(seed, k)``, so a run resumed from a
+checkpoint ends with exactly the weights of an uninterrupted run of the same length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..noise import initial_latents
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, how long. Read from JSON/TOML by :meth:`from_file`."""
+
+    model: str                       # pipeline folder (or Hub id) to start from
+    output_dir: str                  # checkpoint.pt, model/ (the trained pipeline), loss.png, log.json
+    data: Any                        # folder of videos + .txt, a .jsonl manifest, or {"shapes": N, "seed": S}
+    num_frames: int = 16
+    height: int = 256                # pixels
+    width: int = 256                 # pixels
+    steps: int = 1000                # optimizer steps
+    batch_size: int = 1              # clips per step
+    learning_rate: float = 1e-5
+    text_encoder_learning_rate: float | None = None  # default: learning_rate
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    noise_ratio: float = 0.0         # VideoFusion's lambda: weight of the base noise shared by frames
+    caption_dropout: float = 0.1     # probability of training on the empty caption
+    train_text_encoder: bool = False
+    mixed_precision: str = "no"      # "no", "bf16" (CPU or CUDA), "fp16" (CUDA)
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = None   # e.g. 0.999; the saved model then holds the EMA weights
+    cache_latents: bool = False      # encode each clip once (frozen VAE, posterior mean)
+    checkpoint_every: int = 500      # steps between checkpoints (one at the end too)
+    seed: int = 0
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)  # free-form notes stored in log.json
+
+    def __post_init__(self):
+        for name in ("num_frames", "height", "width", "steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width: must be divisible by 8, got {self.height}x{self.width}")
+        if not 0.0 <= self.noise_ratio <= 1.0:
+            raise ValueError(f"noise_ratio: must be in [0, 1], got {self.noise_ratio}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout: must be in [0, 1), got {self.caption_dropout}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+        """Read a ``.json`` or ``.toml`` file whose keys are this class's fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: {path} does not exist")
+        if path.suffix == ".toml":
+            import tomllib
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".json":
+            values = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise ValueError(f"config: {path} must be a .json or .toml file")
+        values.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; accepted: {sorted(known)}")
+        return cls(**values)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of every random draw in training step ``step``."""
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class EMA:
+    """Exponential moving average of parameters (float32 shadow copies), warmed up as
+    ``decay_k = min(decay, (1 + k) / (10 + k))``."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+
+def save_loss_curve(losses: list[float], path: Path, title: str = "training loss") -> None:
+    """A PNG plot of the loss (raw in grey, moving average in blue), drawn with PIL alone."""
+    from PIL import Image, ImageDraw
+    width, height, pad = 640, 360, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    if losses:
+        window = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+                  for i in range(len(losses))]
+        logs = [math.log10(max(v, 1e-8)) for v in losses]
+        low, high = min(logs), max(logs)
+        high = high if high > low else low + 1
+
+        def xy(i, v):
+            x = pad + (width - 2 * pad) * (i / max(1, len(losses) - 1))
+            y = height - pad - (height - 2 * pad) * ((math.log10(max(v, 1e-8)) - low) / (high - low))
+            return x, y
+        draw.line([xy(i, v) for i, v in enumerate(losses)], fill=(200, 200, 200), width=1)
+        draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(30, 80, 220), width=2)
+        draw.text((pad, height - pad + 8), f"step 0 .. {len(losses)}   loss (log scale) "
+                  f"{10 ** low:.3g} .. {10 ** high:.3g}   last avg {smooth[-1]:.4f}", fill="black")
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    draw.text((pad, 12), title, fill="black")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
+    """Run (or resume) training; returns a summary dict (also written to ``output_dir/log.json``).
+
+    Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, then the trained pipeline
+    to ``output_dir/model`` (diffusers layout) and ``loss.png``. All files are written atomically.
+    """
+    from ..pipeline import TextToVideoSDPipeline
+    from ..schedulers import DDPMScheduler
+    from .data import captions_of, open_dataset
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(config.device)
+    if config.mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    dataset = open_dataset(config.data, config.num_frames, config.height, config.width)
+    pipe = TextToVideoSDPipeline.from_pretrained(config.model, torch_dtype=torch.float32)
+    pipe.to(device)
+    unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type: training supports epsilon and v_prediction, got {prediction_type!r}")
+
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(config.train_text_encoder)
+    text_encoder.train(config.train_text_encoder)
+    unet.requires_grad_(True).train()
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    groups = [{"params": list(unet.parameters()), "lr": config.learning_rate}]
+    if config.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()),
+                       "lr": config.text_encoder_learning_rate or config.learning_rate})
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min(1.0, (k + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0)
+    ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+
+    start, losses, elapsed = 0, [], 0.0
+    checkpoint_path = out / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        unet.load_state_dict(state["unet"])
+        if config.train_text_encoder:
+            text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            for s, saved in zip(ema.shadow, state["ema"]):
+                s.copy_(saved)
+        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+
+    latent_cache: dict[int, torch.Tensor] = {}
+    scaling = vae.config.scaling_factor
+
+    def latents_of(indices: list[int], videos: torch.Tensor) -> torch.Tensor:
+        missing = [i for i in indices if i not in latent_cache] if config.cache_latents else indices
+        if missing:
+            clips = videos if not config.cache_latents else torch.stack([dataset[i]["video"] for i in missing])
+            b, c, f, h, w = clips.shape
+            frames = clips.to(device).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (b*f, 3, h, w)
+            with torch.no_grad():
+                z = vae.encode(frames).latent_dist.mode() * scaling  # (b*f, 4, h/8, w/8)
+            z = z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
+            if not config.cache_latents:
+                return z
+            for i, zi in zip(missing, z):
+                latent_cache[i] = zi.cpu()
+        return torch.stack([latent_cache[i] for i in indices]).to(device)
+
+    def save_checkpoint(step: int) -> None:
+        state = {"step": step, "losses": losses, "elapsed": elapsed, "unet": unet.state_dict(),
+                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "scaler": scaler.state_dict(), "ema": ema.shadow if ema is not None else None,
+                 "config": dataclasses.asdict(config)}
+        if config.train_text_encoder:
+            state["text_encoder"] = text_encoder.state_dict()
+        atomic_torch_save(state, checkpoint_path)
+
+    all_captions = captions_of(dataset)
+    bar = tqdm(total=config.steps, initial=start, desc="training", disable=not progress)
+    for step in range(start, config.steps):
+        t0 = time.perf_counter()
+        g = step_generator(config.seed, step)
+        indices = torch.randint(len(dataset), (config.batch_size,), generator=g).tolist()
+        drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).tolist()
+        captions = ["" if d else all_captions[i] for i, d in zip(indices, drop)]
+        videos = None if config.cache_latents else torch.stack([dataset[i]["video"] for i in indices])
+        z0 = latents_of(indices, videos)  # (b, 4, f, h, w)
+        noise = initial_latents(z0.shape, g, device, z0.dtype,
+                                noise="decomposed" if config.noise_ratio > 0 else "independent",
+                                noise_ratio=config.noise_ratio)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.batch_size,),
+                                  generator=g).to(device)
+        noisy = noise_scheduler.add_noise(z0, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, timesteps)
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.set_grad_enabled(config.train_text_encoder):
+                context = text_encoder(ids)[0]
+            pred = unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if ema is not None:
+            ema.update(step)
+        losses.append(float(loss))
+        elapsed += time.perf_counter() - t0
+        recent = losses[-50:]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+        bar.update()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(step + 1)
+    bar.close()
+
+    if ema is not None:
+        ema.copy_to_params()
+    unet.eval()
+    text_encoder.eval()
+    pipe.to("cpu")
+    pipe.save_pretrained(str(out / "model"))
+    save_loss_curve(losses, out / "loss.png", title=f"loss, {config.steps} steps, noise_ratio {config.noise_ratio}")
+    summary = {"steps": config.steps, "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+               "seconds": round(elapsed, 1), "device": str(device), "config": dataclasses.asdict(config),
+               "torch": torch.__version__}
+    tmp = out / ".log.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "log.json")
+    return summary
+
