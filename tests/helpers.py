@@ -15,6 +15,9 @@ TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=
 TINY_TEXT = dict(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                  vocab_size=600, max_position_embeddings=77, projection_dim=16, hidden_act="gelu",
                  bos_token_id=512, eos_token_id=513, pad_token_id=513)
+# smaller still, for the seed examples: they run fp16 on the CPU (slow kernels), 64 frames, 50 steps
+MICRO_UNET = dict(TINY_UNET, block_out_channels=(8, 8), norm_num_groups=4, attention_head_dim=2, sample_size=4)
+MICRO_VAE = dict(TINY_VAE, block_out_channels=(8, 8))
 MS_SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
                     num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1)
 
@@ -38,26 +41,27 @@ def write_tiny_clip_vocab(dirname: str) -> None:
         f.write("#version: 0.2\n")
 
 
-def tiny_clip_tokenizer(dirname: str):
+def tiny_clip_tokenizer(dirname: str, model_max_length: int = 77):
     from transformers import CLIPTokenizer
     write_tiny_clip_vocab(dirname)
     # from_pretrained reads vocab.json + merges.txt on transformers 4 and 5 alike (5 renamed the
     # constructor's file arguments and silently ignores the old names)
-    tok = CLIPTokenizer.from_pretrained(dirname, model_max_length=77)
+    tok = CLIPTokenizer.from_pretrained(dirname, model_max_length=model_max_length)
     assert len(tok) == 514, len(tok)
     return tok
 
 
 def make_diffusers_pipeline_folder(out: str, seed: int = 0, variant: str | None = None,
-                                   dtype: torch.dtype = torch.float32) -> str:
+                                   dtype: torch.dtype = torch.float32, unet: dict = TINY_UNET,
+                                   vae: dict = TINY_VAE, max_length: int = 77) -> str:
     """Save a tiny random diffusers TextToVideoSDPipeline to ``out`` and return ``out``."""
     from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(seed)
-    unet = UNet3DConditionModel(**TINY_UNET)
-    vae = AutoencoderKL(**TINY_VAE)
+    unet = UNet3DConditionModel(**unet)
+    vae = AutoencoderKL(**vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
-    tokenizer = tiny_clip_tokenizer(os.path.join(out, "_tok_src"))
+    tokenizer = tiny_clip_tokenizer(os.path.join(out, "_tok_src"), max_length)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                  scheduler=DDIMScheduler(**MS_SCHEDULER))
     pipe.to(dtype)

@@ -99,14 +99,15 @@ def test_select_weight_files_prefers_safetensors_and_keeps_the_variant_apart():
 
 # The published damo-vilab/text-to-video-ms-1.7b layout (shared/reference), plus the usual extras,
 # and a zeroscope-style folder of original-format weights that is no component.
-MS_REPO = ["model_index.json", "README.md", ".gitattributes", "samples/astronaut.gif", "scheduler/scheduler_config.json",
-           "tokenizer/merges.txt", "tokenizer/vocab.json", "tokenizer/special_tokens_map.json",
-           "tokenizer/tokenizer_config.json", "zs2_576w/open_clip_pytorch_model.bin", "zs2_576w/configuration.json"]
-for _folder, _stem in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
-                       ("text_encoder", "model"), ("text_encoder", "pytorch_model")]:
-    MS_REPO += [f"{_folder}/{_stem}.bin", f"{_folder}/{_stem}.fp16.bin"] + [f"{_folder}/config.json"] * (_stem != "pytorch_model")
-    if _stem != "pytorch_model":
-        MS_REPO += [f"{_folder}/{_stem}.safetensors", f"{_folder}/{_stem}.fp16.safetensors"]
+MS_REPO = ["model_index.json", "README.md", ".gitattributes", "samples/astronaut.gif",
+           "scheduler/scheduler_config.json", "tokenizer/merges.txt", "tokenizer/vocab.json",
+           "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+           "zs2_576w/open_clip_pytorch_model.bin", "zs2_576w/configuration.json",
+           "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+           "text_encoder/model.fp16.safetensors", "text_encoder/pytorch_model.fp16.bin"]
+for _folder in ("unet", "vae"):
+    MS_REPO += [f"{_folder}/config.json"] + [f"{_folder}/diffusion_pytorch_model{v}.{ext}"
+                                             for v in ("", ".fp16") for ext in ("safetensors", "bin")]
 MS_INDEX = {"_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
@@ -125,8 +126,7 @@ def test_pipeline_allow_patterns_download_only_the_variant():
     assert plain == sorted(MS_CONFIGS + ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                                          "vae/diffusion_pytorch_model.safetensors"])
     # bin only where there is no safetensors; a component without the variant falls back to plain (diffusers)
-    repo = [f for f in MS_REPO if not f.startswith("text_encoder/model.") and f != "vae/diffusion_pytorch_model.fp16.safetensors"
-            and f != "vae/diffusion_pytorch_model.fp16.bin"]
+    repo = [f for f in MS_REPO if not f.startswith(("text_encoder/model.", "vae/diffusion_pytorch_model.fp16"))]
     mixed = pipeline_allow_patterns(MS_INDEX, repo, "fp16")
     assert "text_encoder/pytorch_model.fp16.bin" in mixed and "vae/diffusion_pytorch_model.safetensors" in mixed
     assert not any(".bin" in f and f.startswith(("unet", "vae")) for f in mixed)
@@ -220,6 +220,20 @@ def test_loading_builds_on_meta_without_random_init(tmp_path, monkeypatch):
     seen.clear()
     Toy()  # outside loading, modules are built for real
     assert seen and not any(seen)
+
+
+def test_empty_parameters_is_scoped_to_the_thread_and_the_block():
+    import threading
+    other = []
+    with pytest.raises(RuntimeError), loading.empty_parameters():
+        inside = nn.Linear(2, 2)
+        thread = threading.Thread(target=lambda: other.append(nn.Linear(2, 2)))
+        thread.start()
+        thread.join()
+        raise RuntimeError("leaves the block")
+    assert inside.weight.is_meta and not other[0].weight.is_meta
+    assert not nn.Linear(2, 2).weight.is_meta
+    assert nn.Module.register_parameter is loading._register_parameter
 
 
 def test_save_replaces_an_earlier_checkpoint_of_the_same_variant(tmp_path):
@@ -392,6 +406,7 @@ def test_online_downloads_only_the_variant(tmp_path, monkeypatch):
     index_dir.mkdir()
     (index_dir / "model_index.json").write_text(json.dumps(MS_INDEX))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, revision=None: MS_REPO)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
@@ -403,6 +418,8 @@ def test_online_downloads_only_the_variant(tmp_path, monkeypatch):
     assert calls["cache_dir"] == str(tmp_path / "c")
     resolve_pretrained("org/name", subfolder="vae")
     assert calls["allow_patterns"] == ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    resolve_pretrained("org/name", allow_patterns=["model_index.json"])
+    assert calls["allow_patterns"] == ["model_index.json"]
 
     def unreachable(self, repo_id, revision=None):
         raise ConnectionError("no network")

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from videofusion.models import AutoencoderKL, UNet3DConditionModel
 
+pytestmark = pytest.mark.usefixtures("models_one_thread")
+
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "data", "golden")
 
 # printed once by `python tests/data/golden/make_golden.py`

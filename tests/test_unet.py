@@ -14,6 +14,8 @@ from videofusion.models import UNet3DConditionModel, UNet3DConditionOutput, UNet
 from videofusion.models.base import config_to_dict
 from videofusion.models.layers import timestep_embedding
 
+pytestmark = pytest.mark.usefixtures("models_one_thread")
+
 REFERENCE = "/work/shared/reference/text-to-video-ms-1.7b.json"
 if not os.path.exists(REFERENCE):  # the same published config, for machines without the shared folder
     REFERENCE = None
@@ -147,7 +149,8 @@ def test_parity_with_diffusers(name, monkeypatch):
         sample, context = inputs(cfg, num_frames=num_frames, height=height, width=width)
         kwargs = {}
         if cfg.get("time_cond_proj_dim"):
-            kwargs["timestep_cond"] = torch.randn(2, cfg["time_cond_proj_dim"], generator=torch.Generator().manual_seed(3))
+            g = torch.Generator().manual_seed(3)
+            kwargs["timestep_cond"] = torch.randn(2, cfg["time_cond_proj_dim"], generator=g)
         with torch.no_grad():
             got = ours(sample, timestep, context, **kwargs).sample
             want = ref(sample, timestep, context, **kwargs).sample

@@ -11,6 +11,8 @@ import diffusers
 from videofusion.models import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, VAEConfig
 from videofusion.models.base import config_to_dict
 
+pytestmark = pytest.mark.usefixtures("models_one_thread")
+
 REFERENCE = "/work/shared/reference/text-to-video-ms-1.7b.json"
 
 CONFIGS = {

@@ -44,7 +44,8 @@ CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocab/merges
 _SHARD = r"-\d{5}-of-\d{5}"
 _WEIGHT_RE = re.compile(
     rf"(?P<stem>\w+)(?:\.(?P<variant>\w+))?(?P<shard>{_SHARD})?(?:\.(?P<legacy>\w+))?\.(?P<ext>safetensors|bin)")
-_INDEX_RE = re.compile(r"(?P<stem>\w+)\.(?P<ext>safetensors|bin)(?:\.(?P<legacy>\w+))?\.index(?:\.(?P<variant>\w+))?\.json")
+_INDEX_RE = re.compile(
+    r"(?P<stem>\w+)\.(?P<ext>safetensors|bin)(?:\.(?P<legacy>\w+))?\.index(?:\.(?P<variant>\w+))?\.json")
 
 
 # ---------------------------------------------------------------------------------------------- file names

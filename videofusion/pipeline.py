@@ -8,6 +8,7 @@ components, inputs and generator.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -347,6 +348,10 @@ class TextToVideoSDPipeline:
                                   output_type, callback_steps, cross_attention_kwargs, num_videos_per_prompt,
                                   noise, noise_ratio)
         device = self.device
+        if device.type == "cpu" and self.dtype == torch.float16:
+            warnings.warn("float16 on the CPU runs on slow fallback kernels (often 10-20x slower than "
+                          "float32); load with torch_dtype=torch.float32 or torch.bfloat16 for CPU runs",
+                          stacklevel=2)
         self.scheduler.set_timesteps(num_inference_steps, device=device)  # validates the step count
         timesteps = self.scheduler.timesteps
         guided = guidance_scale > 1.0

@@ -197,7 +197,8 @@ class UNetMidBlock3DCrossAttn(nn.Module):
             ResnetBlock2D(channels, channels, temb_channels, groups, cfg.norm_eps, cfg.act_fn,
                           output_scale_factor=cfg.mid_block_scale_factor) for _ in range(2))
         self.temp_convs = nn.ModuleList(TemporalConvLayer(channels, groups) for _ in range(2))
-        self.attentions = nn.ModuleList([Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, groups)])
+        self.attentions = nn.ModuleList(
+            [Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, groups)])
         self.temp_attentions = nn.ModuleList([TransformerTemporalModel(channels, heads, head_dim, groups)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:

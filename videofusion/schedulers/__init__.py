@@ -38,6 +38,12 @@ SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "deis": (DEISMultistepScheduler, {}),
 }
 
+SCHEDULER_CLASSES: list[type[Scheduler]] = [
+    DDIMScheduler, DDPMScheduler, PNDMScheduler, LMSDiscreteScheduler, EulerDiscreteScheduler,
+    EulerAncestralDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler, UniPCMultistepScheduler, DEISMultistepScheduler,
+]
+
 
 def get_scheduler_class(name: str) -> type[Scheduler]:
     """The scheduler class for a short name ("dpm++2m") or a class name ("DDIMScheduler").
@@ -47,7 +53,7 @@ def get_scheduler_class(name: str) -> type[Scheduler]:
     """
     if name in SCHEDULERS:
         return SCHEDULERS[name][0]
-    by_class = {cls.__name__: cls for cls, _ in SCHEDULERS.values()}
+    by_class = {cls.__name__: cls for cls in SCHEDULER_CLASSES}
     if name in by_class:
         return by_class[name]
     raise ValueError(f"unknown scheduler {name!r}; accepted: {sorted(SCHEDULERS)} or {sorted(by_class)}")
@@ -61,7 +67,8 @@ def make_scheduler(name: str, config: dict[str, Any]) -> Scheduler:
 
 
 __all__ = [
-    "Scheduler", "SchedulerConfig", "SchedulerOutput", "SCHEDULERS", "get_scheduler_class", "make_scheduler",
+    "Scheduler", "SchedulerConfig", "SchedulerOutput", "SCHEDULERS", "SCHEDULER_CLASSES", "get_scheduler_class",
+    "make_scheduler",
     "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
     "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler",

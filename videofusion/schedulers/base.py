@@ -102,7 +102,8 @@ def betas_for_alpha_bar(num_train_timesteps: int, alpha_transform_type: str = "c
             snr = math.exp(lmb)
             return math.sqrt(snr / (1 + snr))
     else:
-        raise ValueError(f"alpha_transform_type must be one of 'cosine', 'exp', 'laplace', got {alpha_transform_type!r}")
+        raise ValueError("alpha_transform_type must be one of 'cosine', 'exp', 'laplace', "
+                         f"got {alpha_transform_type!r}")
     n = num_train_timesteps
     betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
     return torch.tensor(betas, dtype=torch.float32)
@@ -147,7 +148,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """Karras-style noise levels sigma_t = sqrt((1 - abar_t) / abar_t), indexed by training timestep
     (ascending in t). float32 numpy (T,)."""
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).cpu().numpy()
 
 
 def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -195,7 +196,8 @@ def sigma_spacing(config: Mapping[str, Any]) -> str | None:
     "exponential", "beta") or None; ValueError if more than one."""
     on = [k for k in ("karras", "exponential", "beta") if config.get(f"use_{k}_sigmas")]
     if len(on) > 1:
-        raise ValueError(f"only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be True, got {on}")
+        raise ValueError("only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be True, "
+                         f"got {on}")
     return on[0] if on else None
 
 
@@ -394,7 +396,7 @@ class Scheduler:
             from videofusion.loading import resolve_pretrained  # lazy: hub machinery only when needed
 
             root = Path(resolve_pretrained(str(path), subfolder=subfolder))
-        folder = root / subfolder if subfolder and (root / subfolder).is_dir() else root
+        folder = root / subfolder if subfolder else root
         file = folder / CONFIG_NAME
         if not file.is_file():
             there = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -416,6 +418,7 @@ class Scheduler:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a config file is meant to be shared
             os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
@@ -476,13 +479,18 @@ class Scheduler:
     # They keep ``self.sigmas`` (float32 CPU, one per entry of ``timesteps`` plus the final one) and
     # alias these as their ``scale_model_input`` / ``add_noise`` / ``init_noise_sigma``.
 
+    def _init_training_sigmas(self) -> None:
+        """Before ``set_timesteps``: sigmas of all training timesteps, descending, plus a final 0."""
+        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
+        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
+        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
+
     def _sigma_scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
         """x / sqrt(sigma^2 + 1): the variance-preserving input the network was trained on
         (Karras et al. 2022, c_in)."""
         if self._step_index is None:
             self._init_step_index(timestep)
         sigma = self.sigmas[self._step_index]
-        self.is_scale_input_called = True
         return sample / ((sigma**2 + 1) ** 0.5)
 
     def _sigma_init_noise_sigma(self) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """DEIS: diffusion exponential integrator sampler (Zhang & Chen 2022, "Fast Sampling of Diffusion Models
-with Exponential Integrator"), the multistep log-rho variant ("tAB-DEIS" in rho = sigma / alpha).
+with Exponential Integrator"), the multistep variant diffusers calls 'logrho': Adams-Bashforth-type
+extrapolation (AB-DEIS) in rho = sigma / alpha.
 
 The noise prediction is extrapolated by a Lagrange polynomial in log(rho) through the last 1-3 outputs and
 integrated exactly over the step; order 1 is DDIM.
@@ -23,7 +24,9 @@ from .dpm_multistep import (
 )
 
 
-def deis_first_order(sample: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+def deis_first_order(
+    sample: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
     """First-order DEIS from VE noise level `sigma` to `sigma_next` with noise prediction `eps` (= DDIM)."""
     alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
     alpha_s, _ = vp_alpha_sigma(sigma)
@@ -61,7 +64,7 @@ def deis_multistep(
 
     eps / sigmas: the last 2 or 3 noise predictions and their VE noise levels, newest first.
     x_next = alpha_next * (x / alpha + sum_j c_j eps_j), c_j = integral over [rho, rho_next] of the j-th
-    Lagrange basis polynomial in log rho (Zhang & Chen 2022, eq. 15 with rho as the time variable).
+    Lagrange basis polynomial in log rho (Zhang & Chen 2022's AB-DEIS with rho as the time variable).
     """
     alpha_t, _ = vp_alpha_sigma(sigma_next)
     alpha_s0, _ = vp_alpha_sigma(sigmas[0])
@@ -143,11 +146,18 @@ class DEISMultistepScheduler(Scheduler):
         alpha_t, sigma_t = vp_alpha_sigma(sigma)
         return x0, (sample - alpha_t * x0) / sigma_t
 
-    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ):
         """One DEIS step from `timestep` to the next one in the schedule.
 
         model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample, pred_original_sample=x0) or
-        that tuple. Deterministic: takes no generator.
+        that tuple. Deterministic: `generator` is accepted (the pipeline passes it to every scheduler) and not used.
         """
         self._require_timesteps()
         if self._step_index is None:

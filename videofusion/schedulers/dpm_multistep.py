@@ -32,7 +32,11 @@ from .base import (
 
 
 def multistep_timesteps(
-    num_train_timesteps: int, num_inference_steps: int, spacing: str, steps_offset: int = 0, last_timestep: int | None = None
+    num_train_timesteps: int,
+    num_inference_steps: int,
+    spacing: str,
+    steps_offset: int = 0,
+    last_timestep: int | None = None,
 ) -> np.ndarray:
     """Integer timesteps, descending, as the DPM-Solver family spaces them (diffusers' DPMSolverMultistep,
     UniPC and DEIS; Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Tab. 2).
@@ -55,7 +59,7 @@ def multistep_timesteps(
 
 
 def lu_sigmas(log_min: float, log_max: float, num_inference_steps: int) -> np.ndarray:
-    """Noise levels spaced uniformly in log sigma, i.e. in log-SNR (Lu et al. 2022, DPM-Solver, Sec. 3.3),
+    """Noise levels spaced uniformly in log sigma, i.e. in log-SNR (the step-size rule of Lu et al. 2022, DPM-Solver),
     from exp(log_max) down to exp(log_min). float64 (num_inference_steps,)."""
     ramp = np.linspace(0, 1, num_inference_steps)
     return np.exp(log_max + ramp * (log_min - log_max))
@@ -113,7 +117,9 @@ def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(alpha_t) - torch.log(sigma_t)
 
 
-def predict_x0(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def predict_x0(
+    model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """The model's data prediction x0 at VE noise level `sigma` from an epsilon / v / sample prediction."""
     alpha_t, sigma_t = vp_alpha_sigma(sigma)
     if prediction_type == "epsilon":
@@ -125,7 +131,9 @@ def predict_x0(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Te
     raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
 
 
-def predict_epsilon(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def predict_epsilon(
+    model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """The model's noise prediction at VE noise level `sigma` from an epsilon / v / sample prediction."""
     alpha_t, sigma_t = vp_alpha_sigma(sigma)
     if prediction_type == "epsilon":
@@ -138,11 +146,15 @@ def predict_epsilon(model_output: torch.Tensor, sample: torch.Tensor, sigma: tor
 
 
 def dpm_solver_pp_first_order(
-    sample: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, noise: torch.Tensor | None = None
+    sample: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(1) from `sigma` to `sigma_next` (Lu et al. 2022, eq. 9; equals DDIM with eta=0).
+    """DPM-Solver++(1) from `sigma` to `sigma_next` (Lu et al. 2022; equals DDIM with eta=0).
 
-    With `noise` (standard normal, shape of `sample`) it is SDE-DPM-Solver++(1) (Lu et al. 2022, Sec. 5 / App.),
+    With `noise` (standard normal, shape of `sample`) it is SDE-DPM-Solver++(1),
     the first-order solver of the reverse SDE in data-prediction form.
     """
     alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
@@ -173,7 +185,7 @@ def dpm_solver_pp_second_order(
     Multistep DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) passes the previous step's x0 as `x0_other`; the
     singlestep DPM-Solver++(2S) (Alg. 1) starts from the earlier point and passes the intermediate one.
     `solver_type` 'midpoint' is the paper's update, 'heun' its Taylor variant; with `noise` it is the SDE
-    solver (SDE-DPM-Solver++(2M), Lu et al. 2022, App. B).
+    solver (SDE-DPM-Solver++(2M)).
     """
     alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
     _, sigma_s = vp_alpha_sigma(sigma)
@@ -201,7 +213,7 @@ def dpm_solver_pp_3m(
     sigma_next: torch.Tensor,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multistep DPM-Solver++(3M) from `sigmas[0]` to `sigma_next` (Lu et al. 2022, App. B).
+    """Multistep DPM-Solver++(3M) from `sigmas[0]` to `sigma_next` (Lu et al. 2022).
 
     `x0s` and `sigmas` run newest first: (current, previous, the one before). With `noise` it is the SDE variant.
     """
@@ -260,7 +272,9 @@ def reject_unsupported(name: str, values: dict) -> None:
             raise ValueError(f"{name}: {key}={values[key]!r} is not supported (only {only!r})")
 
 
-def schedule_add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def schedule_add_noise(
+    self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """Forward diffusion alpha_t * x0 + sigma_t * noise at the inference schedule's noise levels, as diffusers'
     DPM-Solver family does: the sigma at each timestep's position in `self.timesteps`, or at begin_index /
     step_index once the pipeline set one (video-to-video). Before set_timesteps: the training schedule.
@@ -374,7 +388,9 @@ class DPMSolverMultistepScheduler(Scheduler):
             self._init_step_index(timestep)
         c, i, n = self.config, self._step_index, len(self.timesteps)
         # lower orders at the end stabilise few-step sampling; a final sigma of 0 needs a first-order last step
-        lower_final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
+        lower_final = i == n - 1 and (
+            c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero"
+        )
         lower_second = i == n - 2 and c.lower_order_final and n < 15
 
         x0 = self._data_prediction(model_output, sample)

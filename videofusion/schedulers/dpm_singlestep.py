@@ -1,4 +1,5 @@
-"""Singlestep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Alg. 1; DPM-Solver, Lu et al. 2022, Alg. 1-2).
+"""Singlestep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Alg. 1 is its 2S; third order as DPM-Solver-3 of
+Lu et al. 2022, "DPM-Solver", in data-prediction form).
 
 A k-th order singlestep solver spends k model evaluations on one big step: the schedule is cut into groups
 of k timesteps (`singlestep_orders`); the first evaluation of a group takes a first-order step to the next
@@ -127,10 +128,10 @@ class DPMSolverSinglestepScheduler(Scheduler):
         c = self.config
         check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
         alpha_t, sigma_t = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
-        clipped_idx = torch.searchsorted(torch.flip(torch.log(alpha_t) - torch.log(sigma_t), [0]), c.lambda_min_clipped)
-        timesteps = multistep_timesteps(
-            c.num_train_timesteps, num_inference_steps, "linspace", last_timestep=c.num_train_timesteps - clipped_idx.item()
-        )
+        lambdas = torch.log(alpha_t) - torch.log(sigma_t)
+        clipped_idx = torch.searchsorted(torch.flip(lambdas, [0]), c.lambda_min_clipped).item()
+        last_timestep = c.num_train_timesteps - clipped_idx  # lambda_min_clipped drops the low-SNR end
+        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, "linspace", 0, last_timestep)
         timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, sigma_spacing_of(c))
         sigma_last = 0 if c.final_sigmas_type == "zero" else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
@@ -184,12 +185,13 @@ class DPMSolverSinglestepScheduler(Scheduler):
         if order == 1:
             prev = dpm_solver_pp_first_order(self.sample, x0, self.sigmas[i], sigma_next, noise)
         elif order == 2:
-            prev = dpm_solver_pp_second_order(
-                self.sample, self.model_outputs[-2], x0, self.sigmas[i - 1], self.sigmas[i], sigma_next, c.solver_type, noise
-            )
+            x0_start = self.model_outputs[-2]
+            sigmas = (self.sigmas[i - 1], self.sigmas[i])
+            prev = dpm_solver_pp_second_order(self.sample, x0_start, x0, *sigmas, sigma_next, c.solver_type, noise)
         else:
             sigmas = (self.sigmas[i - 2], self.sigmas[i - 1], self.sigmas[i])
-            prev = dpm_solver_pp_3s(self.sample, tuple(self.model_outputs[-3:]), sigmas, sigma_next, c.solver_type, noise)
+            x0s = tuple(self.model_outputs[-3:])
+            prev = dpm_solver_pp_3s(self.sample, x0s, sigmas, sigma_next, c.solver_type, noise)
         self._step_index += 1
         return self._output(prev, x0, return_dict)
 

@@ -68,10 +68,7 @@ class EulerDiscreteScheduler(Scheduler):
         sigma_spacing(self.config)  # validates the use_*_sigmas flags
         if self.config.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without an infinite sigma (diffusers' choice)
-        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
-        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
-        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
-        self.is_scale_input_called = False
+        self._init_training_sigmas()
 
     init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
     scale_model_input = Scheduler._sigma_scale_model_input
@@ -140,10 +137,7 @@ class EulerAncestralDiscreteScheduler(Scheduler):
         super().__init__(**config)
         if self.config.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24
-        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
-        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
-        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
-        self.is_scale_input_called = False
+        self._init_training_sigmas()
 
     init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
     scale_model_input = Scheduler._sigma_scale_model_input

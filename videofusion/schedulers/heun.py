@@ -35,9 +35,7 @@ class HeunDiscreteScheduler(Scheduler):
     def __init__(self, **config):
         super().__init__(**config)
         sigma_spacing(self.config)
-        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
-        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
-        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
+        self._init_training_sigmas()
         self._reset()
 
     def _reset(self) -> None:

@@ -44,11 +44,8 @@ class LMSDiscreteScheduler(Scheduler):
     def __init__(self, **config):
         super().__init__(**config)
         sigma_spacing(self.config)
-        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
-        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
-        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
+        self._init_training_sigmas()
         self.derivatives: list[torch.Tensor] = []
-        self.is_scale_input_called = False
 
     init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
     scale_model_input = Scheduler._sigma_scale_model_input

@@ -1,5 +1,5 @@
 """UniPC: unified predictor-corrector sampler (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector
-Framework for Fast Sampling of Diffusion Models", Alg. 2 (UniP-p) and Alg. 3 (UniC-p), B(h) variants).
+Framework for Fast Sampling of Diffusion Models": the UniP-p predictor and UniC-p corrector, B(h) variants).
 
 Each step first corrects the sample the previous step predicted, using the model output just computed at it
 (UniC, no extra model call), then predicts the next sample from the history of outputs (UniP).
@@ -42,6 +42,8 @@ def unipc_bh_update(
     on the predicted sample) it is the corrector UniC-`order`, of accuracy order + 1. `solver_type` picks
     B(h) = h ('bh1') or e^h - 1 ('bh2'); `predict_x0` selects the data- (True) or noise-prediction form.
     """
+    device = sample.device  # the coefficients are computed where the sample is, as diffusers does
+    sigma, sigma_next = sigma.to(device), sigma_next.to(device)
     alpha_t, sigma_t = vp_alpha_sigma(sigma_next)
     alpha_s0, sigma_s0 = vp_alpha_sigma(sigma)
     lambda_s0 = half_log_snr(sigma)
@@ -49,13 +51,13 @@ def unipc_bh_update(
 
     rks, d1s = [], []
     for mi, sigma_i in history:
-        rk = (half_log_snr(sigma_i) - lambda_s0) / h
+        rk = (half_log_snr(sigma_i.to(device)) - lambda_s0) / h
         rks.append(rk)
         d1s.append((mi - m0) / rk)
-    rks.append(torch.ones((), device=sample.device))
+    rks.append(torch.ones((), device=device))
     rks = torch.stack(rks)
 
-    # the order conditions R rho = b (Zhao et al. 2023, eq. 8 / Alg. 2), with phi functions of hh
+    # the order conditions R rho = b (Zhao et al. 2023), with the phi functions of hh
     hh = -h if predict_x0 else h
     h_phi_1 = torch.expm1(hh)  # h * phi_1(h) = e^h - 1
     h_phi_k = h_phi_1 / hh - 1
@@ -78,20 +80,20 @@ def unipc_bh_update(
     d1s = torch.stack(d1s, dim=1) if d1s else None  # (b, order-1, c, f, h, w)
 
     if model_next is None:  # predictor: rho solves the (order-1)-sized system; 1/2 for order 2
-        if d1s is None:
+        if d1s is None:  # UniP-1 is DDIM (diffusers subtracts B(h) * 0, NaN for 'bh1' at a final sigma of 0)
             return x_t.to(sample.dtype)
         if order == 2:
-            rhos = torch.ones(1, dtype=sample.dtype, device=sample.device) * 0.5
+            rhos = torch.ones(1, dtype=sample.dtype, device=device) * 0.5
         else:
-            rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(sample.device).to(sample.dtype)
+            rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(sample.dtype)
         res = torch.einsum("k,bk...->b...", rhos, d1s)
         return (x_t - scale * res).to(sample.dtype)
 
     # corrector: the new point joins the system with rk = 1; 1/2 for order 1
     if order == 1:
-        rhos = torch.ones(1, dtype=sample.dtype, device=sample.device) * 0.5
+        rhos = torch.ones(1, dtype=sample.dtype, device=device) * 0.5
     else:
-        rhos = torch.linalg.solve(R, b).to(sample.device).to(sample.dtype)
+        rhos = torch.linalg.solve(R, b).to(sample.dtype)
     res = torch.einsum("k,bk...->b...", rhos[:-1], d1s) if d1s is not None else 0
     return (x_t - scale * (res + rhos[-1] * (model_next - m0))).to(sample.dtype)
 
@@ -100,8 +102,8 @@ class UniPCMultistepScheduler(Scheduler):
     """UniPC (UniP-p predictor + UniC-p corrector), diffusers' `UniPCMultistepScheduler`.
 
     Config keys and defaults are diffusers'. `solver_order` p (2 for guided sampling), `solver_type` 'bh1' or
-    'bh2', `predict_x0` data- or noise-prediction form, `disable_corrector` step indices whose following
-    correction is skipped, `lower_order_final` lowers the order on the last steps, `final_sigmas_type`,
+    'bh2', `predict_x0` data- or noise-prediction form, `disable_corrector` step indices whose predicted sample
+    is not corrected at the next step, `lower_order_final` lowers the order on the last steps, `final_sigmas_type`,
     `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` with optional `sigma_min` / `sigma_max`.
     Not implemented: the UNSUPPORTED flow-matching options (ValueError); `solver_p` (an external predictor) is not read.
     """
@@ -117,7 +119,7 @@ class UniPCMultistepScheduler(Scheduler):
     choices = {**Scheduler.choices, "solver_type": ("bh1", "bh2"), "final_sigmas_type": ("zero", "sigma_min")}
 
     def __init__(self, **config):
-        if config.get("solver_type") in ("midpoint", "heun", "logrho"):  # DPM-Solver / DEIS names, as diffusers maps them
+        if config.get("solver_type") in ("midpoint", "heun", "logrho"):  # DPM-Solver / DEIS names, mapped as diffusers
             config["solver_type"] = "bh2"
         super().__init__(**config)
         if self.config.rescale_betas_zero_snr:
@@ -175,11 +177,19 @@ class UniPCMultistepScheduler(Scheduler):
         (the newest output belongs to step `index`)."""
         return [(self.model_outputs[-(k + 1)], self.sigmas[index - k]) for k in range(1, self.this_order)]
 
-    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ):
         """Correct `sample` (UniC) with this model output, then predict the next sample (UniP).
 
         model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample, pred_original_sample=x0
-        when `predict_x0`, else None) or that tuple. Deterministic: takes no generator.
+        when `predict_x0`, else None) or that tuple. Deterministic: `generator` is accepted (the pipeline passes
+        it to every scheduler) and not used.
         """
         self._require_timesteps()
         if self._step_index is None:
@@ -197,7 +207,8 @@ class UniPCMultistepScheduler(Scheduler):
         self.this_order = min(order, self.lower_order_nums + 1)  # warm up: one more past output each step
         self.last_sample = sample
         prev = unipc_bh_update(
-            sample, converted, self.sigmas[i], self.sigmas[i + 1], self._history(i), self.this_order, c.solver_type, c.predict_x0
+            sample, converted, self.sigmas[i], self.sigmas[i + 1], self._history(i), self.this_order, c.solver_type,
+            c.predict_x0,
         )
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self._step_index += 1

@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[8, 8], layers_per_block=1,
             norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
-            down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"], up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"])
+            down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
+            up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"])
 VAE = dict(in_channels=3, out_channels=3, block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4,
            latent_channels=4, sample_size=16, down_block_types=["DownEncoderBlock2D"] * 2,
            up_block_types=["UpDecoderBlock2D"] * 2)
