@@ -24,6 +24,10 @@ IDS = [c.__name__ for c in ALL]
 STOCHASTIC = {"algorithm_type": "sde-dpmsolver++"}
 
 
+def _id(value) -> str:
+    return getattr(value, "__name__", str(value)).replace(" ", "")
+
+
 def compare(cls, steps, seed=None, **overrides):
     for n in steps:
         ours = cls.from_config(MODELSCOPE_DDIM_CONFIG, **overrides)
@@ -78,7 +82,7 @@ def test_variant_matches_diffusers(cls, overrides):
     compare(cls, (1, 3, 6, 16), seed=seed, **overrides)
 
 
-@pytest.mark.parametrize("cls", [DPM, SINGLE], ids=str)
+@pytest.mark.parametrize("cls", [DPM, SINGLE], ids=_id)
 def test_x0_output_is_diffusers_data_prediction(cls):
     """pred_original_sample (which diffusers' step does not return) is diffusers' convert_model_output."""
     ours, theirs = cls.from_config(MODELSCOPE_DDIM_CONFIG), diffusers_twin(cls).from_config(MODELSCOPE_DDIM_CONFIG)
@@ -94,7 +98,7 @@ def test_x0_output_is_diffusers_data_prediction(cls):
         x = out.prev_sample
 
 
-@pytest.mark.parametrize("cls,start", [(DPM, 3), (SINGLE, 5), (SINGLE, 3), (UNIPC, 5), (DEIS, 2)], ids=str)
+@pytest.mark.parametrize("cls,start", [(DPM, 3), (SINGLE, 5), (SINGLE, 3), (UNIPC, 5), (DEIS, 2)], ids=_id)
 def test_partial_schedule_matches_diffusers(cls, start):
     """Video-to-video: add_noise at the begin index, then denoise; the singlestep solver entered in the
     middle of an order group (start 5 is a second-order step) falls back to first order as diffusers does."""
@@ -128,7 +132,7 @@ def test_add_noise_without_begin_index_and_before_set_timesteps(cls):
     close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), 1e-6, "schedule add_noise")
 
 
-@pytest.mark.parametrize("cls", [DPM, SINGLE], ids=str)
+@pytest.mark.parametrize("cls", [DPM, SINGLE], ids=_id)
 def test_half_precision_matches_diffusers(cls):
     """fp16 samples: DPM multistep updates in float32 and casts back, singlestep stays in fp16; both as diffusers."""
     results = []
@@ -173,7 +177,7 @@ def gaussian_data_error(cls, num_inference_steps: int, solver_order: int) -> flo
 
 
 @pytest.mark.parametrize("cls,order", [(DPM, 2), (DPM, 3), (SINGLE, 2), (SINGLE, 3), (UNIPC, 2), (UNIPC, 3),
-                                       (DEIS, 2), (DEIS, 3)], ids=str)
+                                       (DEIS, 2), (DEIS, 3)], ids=_id)
 def test_higher_order_converges_faster_on_gaussian_data(cls, order):
     """Against the known ODE solution, the order-2/3 solvers beat first order (DDIM, error ~ 1/n) by far at
     25 steps, and their error shrinks faster than first order's (which halves) when the steps double."""
@@ -240,6 +244,19 @@ def test_timestep_spacing_differs_from_ddim_as_in_diffusers():
     assert multistep_timesteps(1000, 4, "trailing", last_timestep=900).tolist() == [899, 649, 399, 149]
 
 
+@pytest.mark.parametrize("overrides", [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}], ids=_id)
+def test_cosine_schedule_respaced_timesteps_are_truncated_like_diffusers(overrides):
+    """With squaredcos_cap_v2 DPM-Solver keeps the fractional respaced timesteps and truncates them to int64.
+    (The stepping itself is not compared: the cosine schedule's huge sigma_max repeats timestep 998, and the
+    index rule both libraries share then starts at the second entry.)"""
+    ours = DPM(beta_schedule="squaredcos_cap_v2", **overrides)
+    theirs = diffusers_twin(DPM)(beta_schedule="squaredcos_cap_v2", **overrides)
+    ours.set_timesteps(5)
+    theirs.set_timesteps(5)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    torch.testing.assert_close(ours.sigmas, theirs.sigmas, rtol=1e-6, atol=0)
+
+
 def test_singlestep_orders():
     assert singlestep_orders(6, 2, False) == [1, 2, 1, 2, 1, 2]
     assert singlestep_orders(6, 2, True) == [1, 2, 1, 2, 1, 1]
@@ -263,7 +280,7 @@ def test_singlestep_forces_lower_order_final_without_rewriting_config():
     (DPM, UNIPC, {"solver_type": "bh2"}),
     (DPM, DEIS, {"algorithm_type": "deis", "solver_type": "logrho"}),
     (UNIPC, SINGLE, {"solver_type": "midpoint"}),
-], ids=str)
+], ids=_id)
 def test_solver_names_map_across_classes_like_diffusers(source, target, expected):
     """Explicitly set algorithm/solver names of another solver map to this one's, as diffusers maps them
     (where diffusers manages: its DPM-Solver rejects an explicit algorithm_type='deis')."""
@@ -298,7 +315,7 @@ def test_solver_names_map_across_classes_like_diffusers(source, target, expected
     (DPM, {"use_karras_sigmas": True, "use_lu_lambdas": True}, "use_lu_lambdas"),
     (UNIPC, {"use_karras_sigmas": True, "use_exponential_sigmas": True}, "only one of"),
     (UNIPC, {"predict_x0": False}, "predict_x0"),
-], ids=str)
+], ids=_id)
 def test_bad_config(cls, config, match):
     with pytest.raises(ValueError, match=match):
         cls(**config)

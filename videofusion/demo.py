@@ -16,3 +16,59 @@ def generation_defaults(model: str) -> dict:
     except OSError:
         same = False
     return dict(DEMO_DEFAULTS) if same else {}
+
+
+def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int = 4, max_combos: int | None = None,
+                  batch_size: int = 8, num_frames: int = 16, num_inference_steps: int | None = None,
+                  noise: str | None = None, noise_ratio: float | None = None, progress: bool = True) -> dict:
+    """Prompt adherence of a moving-shapes model, read from the generated pixels.
+
+    Generates ``"a <colour> <shape> moving <direction>"`` for the training combinations (``seeds``
+    seeds each, at most ``max_combos`` of them, spread evenly) and for every held-out combination
+    (``heldout_seeds`` seeds each), scores each video with :func:`videofusion.evaluation.score_clip`
+    and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
+    split uses seed ``k``, so runs are reproducible and comparable between models.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .evaluation import score_clip, summarise
+    from .pipelines import DiffusionPipeline
+    from .training.shapes import combos
+
+    model = model or str(DEMO_MODEL_PATH)
+    settings = {**DEMO_DEFAULTS, **generation_defaults(model), "num_frames": num_frames}
+    if num_inference_steps is not None:
+        settings["num_inference_steps"] = num_inference_steps
+    if noise is not None:
+        settings["noise"] = noise
+    if noise_ratio is not None:
+        settings["noise_ratio"] = noise_ratio
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    jobs = []
+    for split, n_seeds in (("seen", seeds), ("heldout", heldout_seeds)):
+        options = combos("train" if split == "seen" else "heldout")
+        if max_combos is not None and split == "seen" and len(options) > max_combos:
+            options = [options[round(i * len(options) / max_combos)] for i in range(max_combos)]
+        jobs += [(split, f"a {c} {s} moving {d}") for c, s, d in options for _ in range(n_seeds)]
+    seeds_used = {"seen": 0, "heldout": 0}
+    results = []
+    bar = tqdm(total=len(jobs), desc="eval-demo", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        generators = []
+        for split, _ in chunk:
+            generators.append(torch.Generator().manual_seed(seeds_used[split]))
+            seeds_used[split] += 1
+        frames = pipe([p for _, p in chunk], generator=generators, **settings).frames
+        for (split, prompt), video, g in zip(chunk, frames, generators):
+            scored = score_clip(video, prompt)
+            results.append({"split": split, "prompt": prompt, "seed": g.initial_seed(), **scored})
+        bar.update(len(chunk))
+    bar.close()
+    report = {split: summarise([r for r in results if r["split"] == split]) for split in ("seen", "heldout")}
+    report["settings"] = {k: v for k, v in settings.items()}
+    report["model"] = model
+    report["videos"] = results
+    return report

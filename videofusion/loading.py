@@ -485,12 +485,9 @@ def load_model(cls: type, path_or_id: str | os.PathLike, subfolder: str | None =
     root = resolve_pretrained(path_or_id, subfolder=subfolder, variant=variant, **hub_kwargs)
     folder = component_folder(root, subfolder)
     config = read_json(folder, cls.config_name)
-    files = find_weights(folder, cls.weights_name, variant)
+    state_dict = load_state_dict(folder, cls.weights_name, variant)  # memory-mapped: nothing read yet
     with empty_parameters():
         model = cls(cls.make_config(config))
-    state_dict: dict[str, torch.Tensor] = {}
-    for path in files:
-        state_dict.update(read_weights(path))
     named = config.get("_class_name")
     source = f"{folder} (config.json names {named})" if named and named != cls.__name__ else str(folder)
     assign_state_dict(model, state_dict, torch_dtype, source=source)

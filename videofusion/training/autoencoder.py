@@ -44,7 +44,7 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     vae.eval().requires_grad_(False)
     return losses

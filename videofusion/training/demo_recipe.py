@@ -22,7 +22,7 @@ SIZE = 64          # pixels, height and width
 NUM_FRAMES = 16
 MAX_TOKENS = 16    # the captions are at most ~12 tokens
 
-VAE = dict(block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16, latent_channels=4,
+VAE = dict(block_out_channels=[16, 32, 32], layers_per_block=1, norm_num_groups=8, latent_channels=4,
            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
            sample_size=SIZE, in_channels=3, out_channels=3)
 UNET = dict(block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
@@ -42,7 +42,7 @@ def caption_words() -> list[str]:
     return sorted(words)
 
 
-def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 1500, seed: int = 0,
+def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: int = 0,
                        progress: bool = True) -> Path:
     """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout)."""
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -9,7 +9,8 @@ One step (DDPM training, Ho et al. 2020, with VideoFusion's decomposed noise, Lu
    ``z_t``, ``t`` and the caption's embedding (empty caption with probability ``caption_dropout``, so
    classifier-free guidance works); MSE loss.
 
-Every random draw of step ``k`` comes from a generator seeded by ``(seed, k)``, so a run resumed from a
+Every random draw of step ``k`` (data, noise, timesteps, caption dropout, and through the global RNG,
+dropout layers) is seeded by ``(seed, k)``, so a run resumed from a
 checkpoint ends with exactly the weights of an uninterrupted run of the same length.
 """
 from __future__ import annotations
@@ -258,6 +259,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         g = step_generator(config.seed, step)
+        torch.manual_seed(g.initial_seed())  # dropout and anything else drawing from the global RNG
         indices = torch.randint(len(dataset), (config.batch_size,), generator=g).tolist()
         drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).tolist()
         captions = ["" if d else all_captions[i] for i, d in zip(indices, drop)]
@@ -286,7 +288,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         schedule.step()
         if ema is not None:
             ema.update(step)
-        losses.append(float(loss))
+        losses.append(loss.item())
         elapsed += time.perf_counter() - t0
         recent = losses[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")

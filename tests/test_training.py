@@ -1,0 +1,139 @@
+"""Training: resume gives the same weights, decomposed noise statistics, datasets, tokenizer, plots."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videofusion.noise import initial_latents
+from videofusion.training.train import TrainConfig, save_loss_curve, train
+
+
+def config(tiny_pipeline_dir, out, **kw):
+    base = dict(model=tiny_pipeline_dir, output_dir=str(out), data={"shapes": 6, "seed": 0}, num_frames=4,
+                height=16, width=16, steps=4, batch_size=2, learning_rate=1e-3, train_text_encoder=True,
+                ema_decay=0.9, checkpoint_every=2, noise_ratio=0.5, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def unet_state(folder):
+    from videofusion.models import UNet3DConditionModel
+    return UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet").state_dict()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_pipeline_dir, tmp_path):
+    straight = train(config(tiny_pipeline_dir, tmp_path / "straight"), progress=False)
+    train(config(tiny_pipeline_dir, tmp_path / "resumed", steps=2), progress=False)
+    resumed = train(config(tiny_pipeline_dir, tmp_path / "resumed"), progress=False)
+    a, b = unet_state(tmp_path / "straight" / "model"), unet_state(tmp_path / "resumed" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_loss_avg50"] == straight["final_loss_avg50"]
+    start = unet_state(tiny_pipeline_dir)
+    assert not all(torch.equal(a[k], start[k]) for k in a)  # training changed the weights
+    log = json.loads((tmp_path / "resumed" / "log.json").read_text())
+    assert log["steps"] == 4
+    assert (tmp_path / "resumed" / "loss.png").stat().st_size > 0
+    assert not list((tmp_path / "resumed").glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tiny_pipeline_dir, tmp_path):
+    summary = train(config(tiny_pipeline_dir, tmp_path / "t", data={"shapes": 1, "seed": 0}, steps=30,
+                           batch_size=1, ema_decay=None, checkpoint_every=30, noise_ratio=0.0,
+                           train_text_encoder=False, learning_rate=3e-3), progress=False)
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)
+    first, last = np.mean(state["losses"][:10]), np.mean(state["losses"][-10:])
+    assert last < first, (first, last)
+    assert summary["steps"] == 30
+
+
+def test_decomposed_noise_has_unit_variance_and_frame_correlation_lambda():
+    for ratio in (0.0, 0.3, 0.8):
+        x = initial_latents((64, 4, 8, 16, 16), torch.Generator().manual_seed(0), noise="decomposed", noise_ratio=ratio)
+        assert abs(x.std().item() - 1.0) < 0.02
+        a, b = x[:, :, 0].flatten(), x[:, :, 5].flatten()
+        corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+        assert abs(corr - ratio) < 0.03, (ratio, corr)
+
+
+def test_decomposed_noise_depends_only_on_each_videos_generator():
+    shape = (3, 4, 5, 6, 6)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    batch = initial_latents(shape, gens([1, 2, 3]), noise="decomposed", noise_ratio=0.5)
+    alone = initial_latents((1, *shape[1:]), gens([2]), noise="decomposed", noise_ratio=0.5)
+    assert torch.equal(batch[1:2], alone)
+    with pytest.raises(ValueError, match="noise_ratio"):
+        initial_latents(shape, None, noise="decomposed", noise_ratio=1.5)
+    with pytest.raises(ValueError, match="noise"):
+        initial_latents(shape, None, noise="pink")
+
+
+def test_video_folder_and_manifest_datasets(tmp_path):
+    from videofusion.training.data import VideoCaptionDataset, captions_of
+    from videofusion.training.shapes import make_dataset
+    make_dataset(tmp_path / "clips", n=3, seed=0, num_frames=6, height=32, width=48)
+    folder = VideoCaptionDataset(tmp_path / "clips", num_frames=4, height=16, width=16)
+    assert len(folder) == 3
+    item = folder[0]
+    assert item["video"].shape == (3, 4, 16, 16) and -1 <= item["video"].min() and item["video"].max() <= 1
+    assert item["caption"].startswith("a ") and "moving" in item["caption"]
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({"video": f"clips/{i:06d}.mp4", "caption": f"clip {i}"}) + "\n"
+                                for i in range(3)))
+    listed = VideoCaptionDataset(manifest, num_frames=4, height=16, width=16)
+    assert captions_of(listed) == ["clip 0", "clip 1", "clip 2"]
+    torch.testing.assert_close(listed[1]["video"], folder[1]["video"])
+    with pytest.raises(ValueError, match="fewer than num_frames"):
+        VideoCaptionDataset(tmp_path / "clips", num_frames=20, height=16, width=16)[0]
+    (tmp_path / "clips" / "000001.txt").unlink()
+    with pytest.raises(ValueError, match="caption"):
+        VideoCaptionDataset(tmp_path / "clips")
+    manifest.write_text('{"video": "nope.mp4", "caption": "x"}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        VideoCaptionDataset(manifest)
+
+
+def test_learned_tokenizer_gives_one_token_per_word(tmp_path):
+    from videofusion.training.tokenizer import build_clip_tokenizer
+    tok = build_clip_tokenizer(["a", "red", "green", "circle", "moving", "left"], tmp_path, model_max_length=16)
+    ids = tok("a red circle moving left").input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "moving</w>",
+                                              "left</w>", "<|endoftext|>"]
+    assert len(tok("a purple giraffe").input_ids) > 4  # unknown words fall back to byte characters
+
+
+def test_config_validation_and_files(tmp_path):
+    with pytest.raises(ValueError, match="noise_ratio"):
+        TrainConfig(model="m", output_dir="o", data="d", noise_ratio=2)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(model="m", output_dir="o", data="d", mixed_precision="fp8")
+    with pytest.raises(ValueError, match="height"):
+        TrainConfig(model="m", output_dir="o", data="d", height=30)
+    path = tmp_path / "c.toml"
+    path.write_text('model = "m"\noutput_dir = "o"\ndata = { shapes = 4 }\nsteps = 7\n')
+    assert TrainConfig.from_file(path).steps == 7
+    assert TrainConfig.from_file(path, steps=9).steps == 9
+    path.write_text('model = "m"\noutput_dir = "o"\ndata = "d"\nstpes = 7\n')
+    with pytest.raises(ValueError, match="stpes"):
+        TrainConfig.from_file(path)
+
+
+def test_loss_curve_png(tmp_path):
+    from PIL import Image
+    save_loss_curve([1.0 / (i + 1) for i in range(100)], tmp_path / "loss.png")
+    image = Image.open(tmp_path / "loss.png")
+    assert image.size == (640, 360)
+    assert len(set(image.getdata())) > 2  # something was drawn
+
+
+def test_autoencoder_training_and_scaling_factor():
+    from helpers import TINY_VAE
+    from videofusion.models import AutoencoderKL
+    from videofusion.training.autoencoder import fit_scaling_factor, train_autoencoder
+    from videofusion.training.shapes import ShapesDataset
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**TINY_VAE)
+    data = ShapesDataset(4, seed=0, num_frames=4, height=16, width=16)
+    losses = train_autoencoder(vae, data, steps=12, clips_per_step=2, frames_per_clip=2, learning_rate=3e-3,
+                               progress=False)
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert fit_scaling_factor(vae, data, num_clips=4) > 0
