@@ -78,6 +78,7 @@ def run_generate(args) -> int:
     import torch
     from . import DiffusionPipeline
     from .demo import generation_defaults
+    from .pipeline import check_sizes
     from .schedulers import make_scheduler
     from .video import export_to_gif, export_to_video
 
@@ -92,6 +93,9 @@ def run_generate(args) -> int:
     dtype = pick_dtype(args.dtype, device)
     model = args.model or default_model()
     defaults = generation_defaults(model)
+    given = {k: v for k, v in dict(num_frames=args.num_frames, num_inference_steps=args.steps,
+                                   height=args.height, width=args.width).items() if v is not None}
+    check_sizes(**{"height": 8, "width": 8, "num_frames": 1, "num_inference_steps": 1, **given})
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
 
     t0 = time.perf_counter()

@@ -22,6 +22,19 @@ from .runtime.offload import ModelOffload, SequentialOffload, accelerator_device
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
+def check_sizes(height: int, width: int, num_frames: int, num_inference_steps: int,
+                num_videos_per_prompt: int = 1) -> None:
+    """ValueError naming the argument unless each is an integer >= 1 and height, width are divisible by 8.
+    Cheap: front ends call it before loading a model."""
+    for name, value in (("height", height), ("width", width), ("num_frames", num_frames),
+                        ("num_inference_steps", num_inference_steps),
+                        ("num_videos_per_prompt", num_videos_per_prompt)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    if height % 8 or width % 8:
+        raise ValueError(f"height and width: must be divisible by 8, got height={height}, width={width}")
+
+
 @dataclass
 class TextToVideoSDPipelineOutput:
     """``frames``: np ``(batch, num_frames, height, width, 3)`` float in [0, 1] for ``"np"``; torch
@@ -226,13 +239,7 @@ class TextToVideoSDPipeline:
                      output_type, callback_steps, cross_attention_kwargs, num_videos_per_prompt,
                      noise, noise_ratio) -> int:
         """Validate a call's arguments before any model runs; returns the number of videos."""
-        for name, value, low in (("height", height, 1), ("width", width, 1), ("num_frames", num_frames, 1),
-                                 ("num_inference_steps", num_inference_steps, 1),
-                                 ("num_videos_per_prompt", num_videos_per_prompt, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width: must be divisible by 8, got height={height}, width={width}")
+        check_sizes(height, width, num_frames, num_inference_steps, num_videos_per_prompt)
         if not isinstance(guidance_scale, numbers.Real):
             raise ValueError(f"guidance_scale: must be a number, got {guidance_scale!r}")
         if not isinstance(eta, numbers.Real) or eta < 0:

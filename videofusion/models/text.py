@@ -45,8 +45,15 @@ def load_text_encoder(folder: str | os.PathLike, subfolder: str | None = "text_e
         there = [n for n in names if n.endswith((".safetensors", ".bin", ".index.json"))]
         raise ValueError(f"no text encoder weights of variant {variant!r} in {path}; weight files there: {there}")
     from transformers import CLIPTextModel
-    return CLIPTextModel.from_pretrained(str(path), variant=variant,
-                                         **{_transformers_dtype_kwarg(): torch_dtype}).eval()
+    from transformers.utils import logging as hf_logging
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its per-tensor "Loading weights" bar is noise in a CLI
+    try:
+        return CLIPTextModel.from_pretrained(str(path), variant=variant,
+                                             **{_transformers_dtype_kwarg(): torch_dtype}).eval()
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(folder: str | os.PathLike, subfolder: str | None = "tokenizer"):
