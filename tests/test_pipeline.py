@@ -247,3 +247,16 @@ def test_torch_dtype_and_to(tiny_pipeline_dir):
     pipe.to(torch.float32)
     assert pipe.dtype == torch.float32 and pipe.device.type == "cpu"
     assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler"}
+
+
+def test_variant_falls_back_to_plain_weights_per_component(tiny_pipeline_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    from videofusion.models import AutoencoderKL
+    AutoencoderKL.from_pretrained(str(folder), subfolder="vae").save_pretrained(str(folder / "vae"), variant="fp16")
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    pipe = TextToVideoSDPipeline.from_pretrained(str(folder), variant="fp16")  # only the VAE has fp16 files
+    assert pipe.unet.dtype == torch.float32
+    with pytest.raises(ValueError, match="fp32"):
+        TextToVideoSDPipeline.from_pretrained(str(folder), variant="fp32")

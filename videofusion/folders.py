@@ -84,8 +84,19 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dty
                              f"videofusion cannot load; supported: {sorted(loaders)}")
         if not (Path(folder) / name).is_dir():
             raise FileNotFoundError(f"{folder}: component folder {name!r} listed in model_index.json is missing")
-        components[name] = loaders[class_name](folder, name, torch_dtype, variant)
+        components[name] = loaders[class_name](folder, name, torch_dtype, component_variant(folder, name, variant))
     return components
+
+
+def component_variant(folder: str | os.PathLike, name: str, variant: str | None) -> str | None:
+    """``variant`` if the component has weights of that variant, else ``None`` (its plain weights), as
+    diffusers' pipelines do: a folder may ship fp16 files for some components only."""
+    from .loading import select_weight_files
+    if variant is None:
+        return None
+    files = os.listdir(Path(folder) / name)
+    has_weights = any(select_weight_files(files, v) for v in (variant, None))
+    return variant if not has_weights or select_weight_files(files, variant) else None
 
 
 def _library_of(obj: Any) -> str:
