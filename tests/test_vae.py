@@ -118,8 +118,8 @@ def test_posterior_sample_kl_nll_match_diffusers():
         sampled = ours(x, sample_posterior=True, generator=torch.Generator().manual_seed(9)).sample
         sampled_ref = ref(x, sample_posterior=True, generator=torch.Generator().manual_seed(9)).sample
         assert rel_err(sampled, sampled_ref) < 1e-5
-    with pytest.raises(ValueError, match="generator"):
-        got.sample(generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="generator"):  # a list must hold one generator per item (or just one)
+        got.sample(generator=[torch.Generator() for _ in range(got.mean.shape[0] + 1)])
 
 
 def test_return_types():

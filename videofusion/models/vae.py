@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..noise import randn
 from .base import PretrainedModel
 from .layers import ACTIVATIONS, Attention, Downsample2D, ResnetBlock2D, Upsample2D, config_error
 
@@ -84,17 +85,6 @@ class DecoderOutput:
     sample: torch.Tensor
 
 
-def _randn(shape: Sequence[int], generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Standard normal noise on ``device``, drawn with ``generator`` (one, a list with one per batch
-    item, or None); a CPU generator draws on the CPU and the result is moved, as in diffusers."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"generator: a list needs one generator per batch item ({shape[0]}), got {len(generator)}")
-        return torch.cat([_randn((1, *shape[1:]), g, device, dtype) for g in generator])
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype).to(device)
-
-
 class DiagonalGaussianDistribution:
     """N(mean, exp(logvar)) per latent element, from the encoder's moments (b, 2*latent, h, w)
     split along channels; logvar clamped to [-30, 20]."""
@@ -108,7 +98,7 @@ class DiagonalGaussianDistribution:
 
     def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """mean + std * noise, noise drawn with ``generator`` (reparameterisation trick)."""
-        return self.mean + self.std * _randn(self.mean.shape, generator, self.parameters.device, self.parameters.dtype)
+        return self.mean + self.std * randn(self.mean.shape, generator, self.parameters.device, self.parameters.dtype)
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -266,29 +266,6 @@ def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing
 
 # ----------------------------------------------------------------------------- noise
 
-def randn_tensor(shape: Sequence[int], generator: torch.Generator | list[torch.Generator] | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Standard normal noise drawn exactly as diffusers' ``randn_tensor`` draws it (same calls, same
-    order), so seeded runs match: a CPU generator draws on CPU and the result moves to ``device``; a
-    list of generators draws one batch element from each."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    rand_device = device
-    if generator is not None:
-        gen_type = (generator[0] if isinstance(generator, list) else generator).device.type
-        if gen_type != device.type and gen_type == "cpu":
-            rand_device = torch.device("cpu")
-        elif gen_type != device.type:
-            raise ValueError(f"generator is on {gen_type} but the tensor is to be made on {device}")
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        one = (1, *shape[1:])
-        return torch.cat([torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator]).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
 def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
     """Dynamic thresholding (Saharia et al. 2022, "Imagen", sec. 2.3): per sample, s = the ``ratio``
     quantile of |x0| clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, randn_tensor, spaced_timesteps
+from ..noise import randn
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, spaced_timesteps
 
 
 def predict_x0_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
@@ -93,7 +94,7 @@ class DDIMScheduler(Scheduler):
         std_dev_t = ddim_sigma(alpha_prod_t, alpha_prod_prev, eta)
         noise = None
         if eta > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
         return self._output(ddim_step(x0, eps, alpha_prod_prev, std_dev_t, noise), x0, return_dict)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, randn_tensor, spaced_timesteps
+from ..noise import randn
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, spaced_timesteps
 from .ddim import predict_x0_eps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
@@ -97,7 +98,7 @@ class DDPMScheduler(Scheduler):
             x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
         prev_sample = ddpm_posterior_mean(x0, sample, alpha_prod_t, alpha_prod_prev)
         if t > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + ddpm_noise_scale(alpha_prod_t, alpha_prod_prev, c.variance_type,
                                                          predicted_variance) * noise
         return self._output(prev_sample, x0, return_dict)

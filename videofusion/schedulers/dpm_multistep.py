@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..noise import randn
 from .base import (
     Scheduler,
     beta_sigmas,
@@ -21,7 +22,6 @@ from .base import (
     dynamic_threshold,
     exponential_sigmas,
     karras_sigmas,
-    randn_tensor,
     sigma_spacing,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -247,6 +247,14 @@ def dpm_solver_pp_3m(
 # helpers the four exponential-integrator classes share
 
 
+def lambda_clipped_last_timestep(alphas_cumprod: torch.Tensor, lambda_min_clipped: float) -> int:
+    """The training timestep the schedule starts from once the timesteps whose half log-SNR
+    ``lambda = log(alpha) - log(sigma)`` lies below ``lambda_min_clipped`` are dropped (diffusers'
+    searchsorted rule; ``-inf`` keeps them all)."""
+    lambdas = torch.log(torch.sqrt(alphas_cumprod)) - torch.log(torch.sqrt(1 - alphas_cumprod))
+    return len(alphas_cumprod) - int(torch.searchsorted(torch.flip(lambdas, [0]), lambda_min_clipped).item())
+
+
 def sigma_spacing_of(config) -> str | None:
     """Which noise-level spacing a config asks for: 'karras', 'exponential', 'beta', 'lu' (use_lu_lambdas) or
     None; ValueError if several (diffusers silently lets one win)."""
@@ -344,13 +352,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, one more: the final sigma)."""
         c = self.config
         check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        # lambda_min_clipped: drop the timesteps whose log-SNR is below it (diffusers' searchsorted rule)
-        alpha_t, sigma_t = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
-        lambdas = torch.log(alpha_t) - torch.log(sigma_t)
-        clipped_idx = torch.searchsorted(torch.flip(lambdas, [0]), c.lambda_min_clipped).item()
         timesteps = multistep_timesteps(
             c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset,
-            last_timestep=c.num_train_timesteps - clipped_idx,
+            last_timestep=lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped),
         )
         timesteps, sigmas = inference_schedule(
             self.alphas_cumprod, timesteps, sigma_spacing_of(c), round_timesteps=c.beta_schedule != "squaredcos_cap_v2"
@@ -398,7 +402,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         sample = sample.to(torch.float32)
         noise = None
         if c.algorithm_type == "sde-dpmsolver++":
-            noise = randn_tensor(model_output.shape, generator, model_output.device, torch.float32)
+            noise = randn(model_output.shape, generator, model_output.device, torch.float32)
 
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:

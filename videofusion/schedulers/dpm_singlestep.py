@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, randn_tensor, sigmas_from_alphas_cumprod
+from ..noise import randn
+from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
 from .dpm_multistep import (
+    lambda_clipped_last_timestep,
     dpm_solver_pp_first_order,
     dpm_solver_pp_second_order,
     half_log_snr,
@@ -127,10 +129,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
         """Timesteps (int64, descending, on `device`), sigmas (float32 CPU, plus the final sigma), step orders."""
         c = self.config
         check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        alpha_t, sigma_t = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)
-        lambdas = torch.log(alpha_t) - torch.log(sigma_t)
-        clipped_idx = torch.searchsorted(torch.flip(lambdas, [0]), c.lambda_min_clipped).item()
-        last_timestep = c.num_train_timesteps - clipped_idx  # lambda_min_clipped drops the low-SNR end
+        last_timestep = lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped)
         timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, "linspace", 0, last_timestep)
         timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, sigma_spacing_of(c))
         sigma_last = 0 if c.final_sigmas_type == "zero" else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
@@ -174,7 +173,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
         self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
         noise = None
         if c.algorithm_type == "sde-dpmsolver++":
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
 
         order = self.order_list[i]
         while self.model_outputs[-order] is None:  # a schedule entered mid-group (video-to-video) starts at order 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import (Scheduler, check_num_inference_steps, discrete_sigmas, randn_tensor, sigma_spacing,
+from ..noise import randn
+from .base import (Scheduler, check_num_inference_steps, discrete_sigmas, sigma_spacing,
                    spaced_timesteps)
 
 
@@ -109,7 +110,7 @@ class EulerDiscreteScheduler(Scheduler):
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
         if self.config.prediction_type == "v_prediction":  # diffusers uses sigma, not sigma_hat, here
             x0 = sigma_predict_x0(model_output, sample, sigma, "v_prediction")
@@ -165,7 +166,7 @@ class EulerAncestralDiscreteScheduler(Scheduler):
         x0 = sigma_predict_x0(model_output, sample, sigma, self.config.prediction_type)
         sigma_down, sigma_up = ancestral_sigmas(sigma, self.sigmas[self._step_index + 1])
         prev_sample = euler_step(sample, x0, sigma, sigma_down)
-        noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+        noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
         prev_sample = (prev_sample + noise * sigma_up).to(model_output.dtype)
         self._step_index += 1
         return self._output(prev_sample, x0, return_dict)
