@@ -60,6 +60,8 @@ class TrainConfig:
     checkpoint_every: int = 500      # steps between checkpoints (one at the end too)
     seed: int = 0
     device: str = "auto"
+    scheduler: dict = field(default_factory=dict)  # scheduler config overrides for training and the saved
+    #   model, e.g. {prediction_type = "v_prediction", rescale_betas_zero_snr = true, timestep_spacing = "trailing"}
     extra: dict = field(default_factory=dict)  # free-form notes stored in log.json
 
     def __post_init__(self):
@@ -189,6 +191,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     pipe = TextToVideoSDPipeline.from_pretrained(config.model, torch_dtype=torch.float32)
     pipe.to(device)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    if config.scheduler:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **config.scheduler)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):

@@ -1,0 +1,22 @@
+"""The built-in demo model ships in the package and is the default of `videofusion generate`."""
+import av
+
+from videofusion.cli import main
+from videofusion.demo import DEMO_MODEL_PATH
+
+
+def test_demo_model_is_shipped_in_the_diffusers_layout():
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                 "scheduler/scheduler_config.json"):
+        assert (DEMO_MODEL_PATH / name).is_file(), name
+    size = sum(p.stat().st_size for p in DEMO_MODEL_PATH.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+
+
+def test_generate_defaults_to_the_demo_model(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "a red circle moving left", "--seed", "0", "--steps", "2", "-q", "-o", str(out)]) == 0
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+    assert len(frames) == 16 and (frames[0].width, frames[0].height) == (64, 64)
