@@ -24,15 +24,8 @@ MS_SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.
 
 def write_tiny_clip_vocab(dirname: str) -> None:
     """A byte-level CLIP vocabulary with no merges: the real CLIPTokenizer code path, tiny files."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
+    from videofusion.training.tokenizer import byte_to_character
+    chars = list(byte_to_character().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     os.makedirs(dirname, exist_ok=True)
     with open(os.path.join(dirname, "vocab.json"), "w") as f:

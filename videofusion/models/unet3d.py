@@ -115,6 +115,19 @@ class UNet3DConditionOutput:
     sample: torch.Tensor
 
 
+def attention_layers(cfg: UNet3DConfig, channels: int, head_dim: int | None,
+                     num_layers: int) -> tuple[nn.ModuleList | None, nn.ModuleList | None]:
+    """A block's spatial (``attentions``) and temporal (``temp_attentions``) transformers, one per layer,
+    or ``(None, None)`` for a block without attention (``head_dim`` None)."""
+    if head_dim is None:
+        return None, None
+    heads = channels // head_dim
+    return (nn.ModuleList(Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, cfg.norm_num_groups)
+                          for _ in range(num_layers)),
+            nn.ModuleList(TransformerTemporalModel(channels, heads, head_dim, cfg.norm_num_groups)
+                          for _ in range(num_layers)))
+
+
 class DownBlock3D(nn.Module):
     """``layers`` x (ResNet -> temporal conv [-> spatial transformer -> temporal transformer]), then an
     optional stride-2 conv. With ``head_dim`` it is diffusers' CrossAttnDownBlock3D, else DownBlock3D."""
@@ -127,13 +140,7 @@ class DownBlock3D(nn.Module):
             ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels, groups,
                           cfg.norm_eps, cfg.act_fn) for i in layers)
         self.temp_convs = nn.ModuleList(TemporalConvLayer(out_channels, groups) for _ in layers)
-        self.attentions = self.temp_attentions = None
-        if head_dim is not None:
-            heads = out_channels // head_dim
-            self.attentions = nn.ModuleList(
-                Transformer2DModel(out_channels, heads, head_dim, cfg.cross_attention_dim, groups) for _ in layers)
-            self.temp_attentions = nn.ModuleList(
-                TransformerTemporalModel(out_channels, heads, head_dim, groups) for _ in layers)
+        self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, cfg.downsample_padding)])
                              if add_downsample else None)
 
@@ -165,13 +172,7 @@ class UpBlock3D(nn.Module):
             ResnetBlock2D((prev_channels if i == 0 else out_channels) + skip_channels[i], out_channels,
                           temb_channels, groups, cfg.norm_eps, cfg.act_fn) for i in layers)
         self.temp_convs = nn.ModuleList(TemporalConvLayer(out_channels, groups) for _ in layers)
-        self.attentions = self.temp_attentions = None
-        if head_dim is not None:
-            heads = out_channels // head_dim
-            self.attentions = nn.ModuleList(
-                Transformer2DModel(out_channels, heads, head_dim, cfg.cross_attention_dim, groups) for _ in layers)
-            self.temp_attentions = nn.ModuleList(
-                TransformerTemporalModel(out_channels, heads, head_dim, groups) for _ in layers)
+        self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, x: torch.Tensor, skips: list, temb: torch.Tensor, context: torch.Tensor,
