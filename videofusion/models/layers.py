@@ -25,6 +25,19 @@ def config_error(key: str, value, accepted: str) -> ValueError:
     return ValueError(f"config {key}={value!r} is invalid: expected {accepted}")
 
 
+def positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def check_norm_and_activation(norm_num_groups, block_out_channels, act_fn) -> None:
+    """ValueError unless ``norm_num_groups`` divides every block width and ``act_fn`` is a known activation."""
+    if not positive_int(norm_num_groups) or any(c % norm_num_groups for c in block_out_channels):
+        raise config_error("norm_num_groups", norm_num_groups, f"a positive int dividing every "
+                           f"block_out_channels entry {list(block_out_channels)}")
+    if not isinstance(act_fn, str) or act_fn.lower() not in ACTIVATIONS:
+        raise config_error("act_fn", act_fn, f"one of {sorted(ACTIVATIONS)}")
+
+
 def get_activation(name: str) -> nn.Module:
     """A fresh activation module by diffusers' name (case-insensitive): silu, swish, mish, gelu, relu."""
     if not isinstance(name, str) or name.lower() not in ACTIVATIONS:

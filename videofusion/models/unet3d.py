@@ -24,7 +24,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import PretrainedModel
 from .layers import (
-    ACTIVATIONS,
     Downsample2D,
     ResnetBlock2D,
     TemporalConvLayer,
@@ -32,7 +31,9 @@ from .layers import (
     Transformer2DModel,
     TransformerTemporalModel,
     Upsample2D,
+    check_norm_and_activation,
     config_error,
+    positive_int,
     set_attention_slice,
     set_forward_chunking,
     timestep_embedding,
@@ -40,10 +41,6 @@ from .layers import (
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
-
-
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 @dataclass
@@ -71,35 +68,30 @@ class UNet3DConfig:
 
     def __post_init__(self):
         n = len(self.block_out_channels) if isinstance(self.block_out_channels, (list, tuple)) else 0
-        if n == 0 or not all(_positive_int(c) for c in self.block_out_channels):
+        if n == 0 or not all(positive_int(c) for c in self.block_out_channels):
             raise config_error("block_out_channels", self.block_out_channels, "a non-empty list of positive ints")
         for key, accepted in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
             types = getattr(self, key)
             if not isinstance(types, (list, tuple)) or len(types) != n or any(t not in accepted for t in types):
                 raise config_error(key, types, f"a list of {n} (len(block_out_channels)) entries from {accepted}")
         for key in ("in_channels", "out_channels", "layers_per_block", "cross_attention_dim"):
-            if not _positive_int(getattr(self, key)):
+            if not positive_int(getattr(self, key)):
                 raise config_error(key, getattr(self, key), "a positive int")
         if self.num_attention_heads is not None:
             raise config_error("num_attention_heads", self.num_attention_heads,
                                "None (diffusers rejects it; set attention_head_dim instead)")
         heads = self.head_dims()
-        if len(heads) != n or not all(_positive_int(d) and d <= c for d, c in zip(heads, self.block_out_channels)):
+        if len(heads) != n or not all(positive_int(d) and d <= c for d, c in zip(heads, self.block_out_channels)):
             raise config_error("attention_head_dim", self.attention_head_dim,
                                f"a positive int, or a list of {n} of them, each at most its block's channels")
-        g = self.norm_num_groups
-        if not _positive_int(g) or any(c % g for c in self.block_out_channels):
-            raise config_error("norm_num_groups", g, f"a positive int dividing every block_out_channels entry "
-                               f"{list(self.block_out_channels)}")
-        if not isinstance(self.act_fn, str) or self.act_fn.lower() not in ACTIVATIONS:
-            raise config_error("act_fn", self.act_fn, f"one of {sorted(ACTIVATIONS)}")
+        check_norm_and_activation(self.norm_num_groups, self.block_out_channels, self.act_fn)
         if not (isinstance(self.downsample_padding, int) and self.downsample_padding >= 0):
             raise config_error("downsample_padding", self.downsample_padding, "an int >= 0")
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise config_error("norm_eps", self.norm_eps, "a positive float")
         if not (isinstance(self.mid_block_scale_factor, (int, float)) and self.mid_block_scale_factor != 0):
             raise config_error("mid_block_scale_factor", self.mid_block_scale_factor, "a non-zero number")
-        if self.time_cond_proj_dim is not None and not _positive_int(self.time_cond_proj_dim):
+        if self.time_cond_proj_dim is not None and not positive_int(self.time_cond_proj_dim):
             raise config_error("time_cond_proj_dim", self.time_cond_proj_dim, "None or a positive int")
 
     def head_dims(self) -> list:

@@ -16,13 +16,10 @@ from torch import nn
 
 from ..noise import randn
 from .base import PretrainedModel
-from .layers import ACTIVATIONS, Attention, Downsample2D, ResnetBlock2D, Upsample2D, config_error
+from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation,
+                     config_error, positive_int)
 
 EPS = 1e-6  # GroupNorm eps everywhere in the VAE
-
-
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 @dataclass
@@ -50,24 +47,19 @@ class VAEConfig:
 
     def __post_init__(self):
         n = len(self.block_out_channels) if isinstance(self.block_out_channels, (list, tuple)) else 0
-        if n == 0 or not all(_positive_int(c) for c in self.block_out_channels):
+        if n == 0 or not all(positive_int(c) for c in self.block_out_channels):
             raise config_error("block_out_channels", self.block_out_channels, "a non-empty list of positive ints")
         for key, accepted in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
             types = getattr(self, key)
             if not isinstance(types, (list, tuple)) or len(types) != n or any(t != accepted for t in types):
                 raise config_error(key, types, f"a list of {n} (len(block_out_channels)) times {accepted!r}")
         for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels"):
-            if not _positive_int(getattr(self, key)):
+            if not positive_int(getattr(self, key)):
                 raise config_error(key, getattr(self, key), "a positive int")
-        g = self.norm_num_groups
-        if not _positive_int(g) or any(c % g for c in self.block_out_channels):
-            raise config_error("norm_num_groups", g, f"a positive int dividing every block_out_channels entry "
-                               f"{list(self.block_out_channels)}")
-        if not isinstance(self.act_fn, str) or self.act_fn.lower() not in ACTIVATIONS:
-            raise config_error("act_fn", self.act_fn, f"one of {sorted(ACTIVATIONS)}")
+        check_norm_and_activation(self.norm_num_groups, self.block_out_channels, self.act_fn)
         size = self.sample_size[0] if isinstance(self.sample_size, (list, tuple)) and self.sample_size \
             else self.sample_size
-        if not _positive_int(size):
+        if not positive_int(size):
             raise config_error("sample_size", self.sample_size, "a positive int (or a list of them)")
 
 

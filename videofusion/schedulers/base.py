@@ -241,6 +241,15 @@ def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int
                          f"got {num_inference_steps}")
 
 
+def rounded_timesteps(config, num_inference_steps: int, device=None) -> torch.Tensor:
+    """The DDPM-family schedule: ``spaced_timesteps`` per the config's spacing and offset, rounded to
+    int64 (descending) on ``device``; validates the step count first."""
+    check_num_inference_steps(num_inference_steps, config.num_train_timesteps)
+    t = spaced_timesteps(config.num_train_timesteps, num_inference_steps, config.timestep_spacing,
+                         config.steps_offset)
+    return torch.from_numpy(np.round(t).astype(np.int64)).to(device)
+
+
 def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str,
                      steps_offset: int = 0) -> np.ndarray:
     """Descending inference timesteps as float64 numpy, as diffusers' schedulers space them

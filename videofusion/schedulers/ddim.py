@@ -1,11 +1,10 @@
 """DDIM: denoising diffusion implicit models (Song, Meng & Ermon 2020), the ModelScope default."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..noise import randn
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, spaced_timesteps
+from .base import Scheduler, dynamic_threshold, rounded_timesteps
 
 
 def predict_x0_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
@@ -61,11 +60,8 @@ class DDIMScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Integer timesteps (int64, descending), spaced per ``timestep_spacing``; linspace rounded."""
-        c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        self.timesteps = rounded_timesteps(self.config, num_inference_steps, device)
         self.num_inference_steps = num_inference_steps
-        t = spaced_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
-        self.timesteps = torch.from_numpy(np.round(t).astype(np.int64)).to(device)
 
     def _x0_eps(self, model_output, timestep, sample):
         alpha_prod_t = self.alphas_cumprod[timestep]

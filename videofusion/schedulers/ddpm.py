@@ -1,11 +1,10 @@
 """DDPM: ancestral sampling of denoising diffusion probabilistic models (Ho, Jain & Abbeel 2020)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..noise import randn
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, spaced_timesteps
+from .base import Scheduler, dynamic_threshold, rounded_timesteps
 from .ddim import predict_x0_eps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
@@ -62,11 +61,8 @@ class DDPMScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Integer timesteps (int64, descending), spaced per ``timestep_spacing``; linspace rounded."""
-        c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        self.timesteps = rounded_timesteps(self.config, num_inference_steps, device)
         self.num_inference_steps = num_inference_steps
-        t = spaced_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
-        self.timesteps = torch.from_numpy(np.round(t).astype(np.int64)).to(device)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The timestep after ``timestep`` in the schedule, or -1 after the last one."""

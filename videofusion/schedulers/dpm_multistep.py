@@ -131,6 +131,14 @@ def predict_x0(
     raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
 
 
+def data_prediction(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, config) -> torch.Tensor:
+    """x0 from the model output (``predict_x0``), dynamically thresholded when ``config.thresholding``."""
+    x0 = predict_x0(model_output, sample, sigma, config.prediction_type)
+    if config.thresholding:
+        x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
+    return x0
+
+
 def predict_epsilon(
     model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
@@ -368,11 +376,6 @@ class DPMSolverMultistepScheduler(Scheduler):
         self._step_index = None
         self._begin_index = None
 
-    def _data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        x0 = predict_x0(model_output, sample, self.sigmas[self._step_index], c.prediction_type)
-        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -397,7 +400,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         )
         lower_second = i == n - 2 and c.lower_order_final and n < 15
 
-        x0 = self._data_prediction(model_output, sample)
+        x0 = data_prediction(model_output, sample, self.sigmas[self._step_index], self.config)
         self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
         sample = sample.to(torch.float32)
         noise = None

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 
 from ..noise import randn
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
+from .base import Scheduler, check_num_inference_steps, sigmas_from_alphas_cumprod
 from .dpm_multistep import (
+    data_prediction,
     lambda_clipped_last_timestep,
     dpm_solver_pp_first_order,
     dpm_solver_pp_second_order,
     half_log_snr,
     inference_schedule,
     multistep_timesteps,
-    predict_x0,
     reject_unsupported,
     schedule_add_noise,
     sigma_spacing_of,
@@ -147,11 +147,6 @@ class DPMSolverSinglestepScheduler(Scheduler):
         self._step_index = None
         self._begin_index = None
 
-    def _data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        x0 = predict_x0(model_output, sample, self.sigmas[self._step_index], c.prediction_type)
-        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -169,7 +164,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
         if self._step_index is None:
             self._init_step_index(timestep)
         c, i = self.config, self._step_index
-        x0 = self._data_prediction(model_output, sample)
+        x0 = data_prediction(model_output, sample, self.sigmas[self._step_index], self.config)
         self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
         noise = None
         if c.algorithm_type == "sde-dpmsolver++":
