@@ -5,6 +5,7 @@ A drop-in for diffusers' ``TextToVideoSDPipeline``::
     from videofusion import TextToVideoSDPipeline, DPMSolverMultistepScheduler, export_to_video
 """
 from .models import AutoencoderKL, UNet3DConditionModel
+from .long_video import LongVideo
 from .noise import initial_latents
 from .pipeline import TextToVideoSDPipeline, TextToVideoSDPipelineOutput
 from .pipelines import DiffusionPipeline
@@ -30,5 +31,5 @@ __all__ = [
     "DiffusionPipeline", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
-    "UniPCMultistepScheduler", "export_to_gif", "export_to_video", "load_video", "initial_latents",
+    "UniPCMultistepScheduler", "export_to_gif", "export_to_video", "load_video", "initial_latents", "LongVideo",
 ]

@@ -44,6 +44,17 @@ def pick_dtype(name: str, device):
     return getattr(torch, name)
 
 
+def long_video_arg(text: str):
+    """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo."""
+    from .long_video import LongVideo
+    window, _, stride = text.partition(":")
+    try:
+        return LongVideo(int(window), int(stride) if stride else min(4, int(window)))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected WINDOW[:STRIDE] in frames, 1 <= STRIDE <= WINDOW, "
+                                         f"e.g. 16:4 ({e})") from None
+
+
 def add_generate(sub) -> None:
     from .schedulers import SCHEDULERS
     p = sub.add_parser("generate", help="generate a video from a prompt",
@@ -70,6 +81,8 @@ def add_generate(sub) -> None:
     p.add_argument("--noise", default="independent", choices=("independent", "decomposed"),
                    help="initial noise; decomposed = VideoFusion's shared base + per-frame residual")
     p.add_argument("--noise-ratio", type=float, default=0.5, help="weight of the shared base noise (default 0.5)")
+    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
+                   help="FreeNoise windowed temporal attention + noise rescheduling for long videos, e.g. 16:4")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(run=run_generate)
 
@@ -120,7 +133,7 @@ def run_generate(args) -> int:
     t1 = time.perf_counter()
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt,
                   generator=[torch.Generator("cpu").manual_seed(seed)], noise=args.noise,
-                  noise_ratio=args.noise_ratio, **settings).frames[0]
+                  noise_ratio=args.noise_ratio, long_video=args.long_video, **settings).frames[0]
     gen_s = time.perf_counter() - t1
     if output.suffix.lower() == ".gif":
         export_to_gif(frames, str(output), fps=args.fps)
@@ -147,6 +160,8 @@ def add_training(sub) -> None:
     p.add_argument("output_dir")
     p.add_argument("--vae-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-from", default=None, metavar="FOLDER",
+                   help="reuse the trained vae/ of this pipeline folder instead of training one")
     p.set_defaults(run=run_init_demo)
 
 
@@ -165,7 +180,8 @@ def run_train(args) -> int:
 
 def run_init_demo(args) -> int:
     from .training.demo_recipe import init_demo_pipeline
-    print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed))
+    print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
+                             vae_from=args.vae_from))
     return 0
 
 
@@ -178,6 +194,9 @@ def add_eval_demo(sub) -> None:
     p.add_argument("--heldout-seeds", type=int, default=4, help="seeds per held-out combination (default 4)")
     p.add_argument("--max-combos", type=int, default=None, help="at most this many seen combinations")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the demo's)")
+    p.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
+    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
+                   help="FreeNoise long-video option for every video, e.g. 16:4 (default: off)")
     p.add_argument("--noise", default=None, choices=("independent", "decomposed"))
     p.add_argument("--noise-ratio", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -193,8 +212,9 @@ def run_eval_demo(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     report = evaluate_demo(args.model, seeds=args.seeds, heldout_seeds=args.heldout_seeds,
-                           max_combos=args.max_combos, num_inference_steps=args.steps, noise=args.noise,
-                           noise_ratio=args.noise_ratio)
+                           max_combos=args.max_combos, num_frames=args.num_frames,
+                           num_inference_steps=args.steps, noise=args.noise, noise_ratio=args.noise_ratio,
+                           long_video=args.long_video)
     print(f"{'split':8} {'videos':>6} {'colour':>7} {'direction':>9} {'shape':>6} {'all':>6}")
     for split in ("seen", "heldout"):
         r = report[split]
@@ -206,12 +226,90 @@ def run_eval_demo(args) -> int:
     return 0
 
 
+def add_web(sub) -> None:
+    from .web import add_arguments
+    p = sub.add_parser("web", help="serve a web page that generates videos (needs the web extra)",
+                       description="A Gradio page like the model's Space: prompt, settings, a video that plays "
+                                   "in the page. Requests are queued and served one at a time.")
+    add_arguments(p)
+    p.set_defaults(run=run_web)
+
+
+def run_web(args) -> int:
+    from .web import serve
+    return serve(args)
+
+
+def add_batch(sub) -> None:
+    from .schedulers import SCHEDULERS
+    p = sub.add_parser("batch", help="generate a video for every line of a JSONL file, on Ray (resumable)",
+                       description="Generate DIR/<id>.mp4 for each line {\"prompt\": ..., optional \"id\", \"seed\", "
+                                   "\"negative_prompt\", \"num_frames\", \"num_inference_steps\", \"guidance_scale\", "
+                                   "\"height\", \"width\", \"noise\", \"noise_ratio\"} of PROMPTS, plus DIR/manifest.jsonl. "
+                                   "Rerunning skips finished items. Needs Ray: pip install 'videofusion[distributed]'.")
+    p.add_argument("prompts", help="a .jsonl file, one JSON object per line")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default=None, help="pipeline folder or Hub id, readable on every worker "
+                   "(default: the built-in demo model)")
+    p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
+    p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), metavar="NAME",
+                   help="sampler: " + ", ".join(sorted(SCHEDULERS)) + " (default: the model's)")
+    p.add_argument("--negative-prompt", default=None, help="default for items that set none")
+    p.add_argument("--num-frames", type=int, default=None, help="default frames per item (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="default denoising steps (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default guidance (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="default pixels, divisible by 8")
+    p.add_argument("--width", type=int, default=None, help="default pixels, divisible by 8")
+    p.add_argument("--noise", default=None, choices=("independent", "decomposed"), help="default initial noise")
+    p.add_argument("--noise-ratio", type=float, default=None, help="default weight of the shared base noise")
+    p.add_argument("--fps", type=float, default=8, help="frames per second of the files (default 8)")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, one pipeline each (default 1)")
+    p.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs Ray reserves per worker (default 1)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0,
+                   help="GPUs per worker, e.g. 1, or 0.5 to share one between two (default 0: CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: its CPUs)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="default: cuda if the worker has a GPU (--num-gpus-per-worker), else cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on cuda, float32 on cpu")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster ('auto' or host:port); default: start a local Ray")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_batch_cli)
+
+
+def run_batch_cli(args) -> int:
+    try:
+        import ray  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise CLIError("videofusion batch needs Ray: pip install 'videofusion[distributed]'") from None
+    from .batch import BatchError, BatchOptions, run_batch
+    defaults = {k: v for k, v in dict(negative_prompt=args.negative_prompt, num_frames=args.num_frames,
+                                      num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                                      height=args.height, width=args.width, noise=args.noise,
+                                      noise_ratio=args.noise_ratio).items() if v is not None}
+    options = BatchOptions(model=args.model or default_model(), variant=args.variant, scheduler=args.scheduler,
+                           device=args.device, dtype=args.dtype, fps=args.fps, defaults=defaults,
+                           workers=args.workers, num_cpus_per_worker=args.num_cpus_per_worker,
+                           num_gpus_per_worker=args.num_gpus_per_worker, threads=args.threads,
+                           ray_address=args.ray_address)
+    try:
+        s = run_batch(args.prompts, args.output, options, progress=not args.quiet)
+    except BatchError as e:
+        print(f"videofusion batch: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {s['skipped'] + s['generated']}/{s['items']} videos ({s['generated']} generated, "
+          f"{s['skipped']} already done), {s['failed']} failed, {s['invalid']} invalid line(s); {s['seconds']:.0f} s")
+    return 1 if s["failed"] or s["invalid"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate(sub)
     add_training(sub)
     add_eval_demo(sub)
+    add_web(sub)
+    add_batch(sub)
     return parser
 
 

@@ -20,14 +20,17 @@ def generation_defaults(model: str) -> dict:
 
 def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int = 4, max_combos: int | None = None,
                   batch_size: int = 8, num_frames: int = 16, num_inference_steps: int | None = None,
-                  noise: str | None = None, noise_ratio: float | None = None, progress: bool = True) -> dict:
+                  noise: str | None = None, noise_ratio: float | None = None, long_video=None,
+                  progress: bool = True) -> dict:
     """Prompt adherence of a moving-shapes model, read from the generated pixels.
 
     Generates ``"a <colour> <shape> moving <direction>"`` for the training combinations (``seeds``
     seeds each, at most ``max_combos`` of them, spread evenly) and for every held-out combination
     (``heldout_seeds`` seeds each), scores each video with :func:`videofusion.evaluation.score_clip`
     and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
-    split uses seed ``k``, so runs are reproducible and comparable between models.
+    split uses seed ``k``, so runs are reproducible and comparable between models. ``num_frames`` and
+    ``long_video`` (a :class:`videofusion.long_video.LongVideo`, or None) go to every call, e.g. 64
+    frames with and without the long-video option to measure its coherence.
     """
     import torch
     from tqdm.auto import tqdm
@@ -44,6 +47,8 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
         settings["noise"] = noise
     if noise_ratio is not None:
         settings["noise_ratio"] = noise_ratio
+    if long_video is not None:
+        settings["long_video"] = long_video
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     jobs = []

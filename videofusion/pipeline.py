@@ -15,8 +15,12 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .noise import NOISE_MODES, initial_latents
+from .decode import decoded_chunks, video_writers, write_videos
+from .long_video import LongVideo, check_long_video, long_video_latents
+from .noise import NOISE_MODES
+from .runtime.fast import FastPath
 from .runtime.offload import ModelOffload, SequentialOffload, accelerator_device, warn_no_accelerator
+from .runtime.streamed import DEFAULT_BLOCK_BYTES, StreamedOffload
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
@@ -41,6 +45,7 @@ class TextToVideoSDPipelineOutput:
     for ``"pil"``; the latents ``(batch, channels, num_frames, height/8, width/8)`` for ``"latent"``."""
 
     frames: Any
+    paths: list[str] | None = None  # the files written by a call with output_path (frames is None then)
 
     def __getitem__(self, index: int):
         return (self.frames,)[index]
@@ -66,6 +71,8 @@ class TextToVideoSDPipeline:
         self._progress_bar_config: dict = {}
         self._offload: ModelOffload | None = None
         self._sequential: SequentialOffload | None = None
+        self._fast: FastPath | None = None
+        self._fast_auto = True  # turn the fast path on at the first call on CUDA
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -132,9 +139,11 @@ class TextToVideoSDPipeline:
     def progress_bar(self, total: int):
         return tqdm(total=total, **self._progress_bar_config)
 
-    def enable_vae_slicing(self) -> None:
-        """Decode one frame at a time: exact, lower peak memory for long videos."""
-        self.vae.enable_slicing()
+    def enable_vae_slicing(self, frames_per_chunk: int = 1) -> None:
+        """Decode ``frames_per_chunk`` frames at a time (default 1), each chunk moved to the CPU once
+        decoded: exact, lower peak memory for long videos. ``output_type="pt"`` frames then come back
+        on the CPU (diffusers keeps them on the device)."""
+        self.vae.enable_slicing(frames_per_chunk)
 
     def disable_vae_slicing(self) -> None:
         self.vae.disable_slicing()
@@ -162,22 +171,84 @@ class TextToVideoSDPipeline:
             warn_no_accelerator("enable_model_cpu_offload")
             return
         self.disable_cpu_offload()
+        self.disable_fast_path()  # offload moves weights under the compiled graph's feet
         for module in self._modules():
             module.to("cpu")
         self._offload = ModelOffload(target)
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """Keep every weight in CPU memory and move each layer's weights to the accelerator only for
-        its forward call: the least accelerator memory, much slower. With no accelerator this warns
-        and changes nothing."""
+        its forward call: the least accelerator memory. On CUDA this is :meth:`enable_streamed_offload`
+        with ``max_blocks=2`` (copies overlap compute); elsewhere each layer's copy waits (much slower).
+        With no accelerator this warns and changes nothing."""
         target = accelerator_device(gpu_id, device)
         if target is None:
             warn_no_accelerator("enable_sequential_cpu_offload")
             return
+        if target.type == "cuda":
+            self.enable_streamed_offload(max_blocks=2, device=target)
+            return
         self.disable_cpu_offload()
+        self.disable_fast_path()  # offload moves weights under the compiled graph's feet
         self._sequential = SequentialOffload(target)
         for module in self._modules():
             self._sequential.attach(module)
+
+    def enable_streamed_offload(self, max_blocks: int = 4, gpu_id: int | None = None,
+                                device: torch.device | str | None = None,
+                                block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        """Keep every weight in pinned CPU memory and stream blocks of at most ``block_bytes`` (about
+        one layer) to the GPU on a side CUDA stream while the previous blocks compute, at most
+        ``max_blocks`` on the GPU at once (:mod:`videofusion.runtime.streamed`). Exact. On CUDA,
+        ``enable_sequential_cpu_offload`` is this with ``max_blocks=2``. With no accelerator this warns
+        and changes nothing; ``device="cpu"`` runs the schedule on the CPU (for tests)."""
+        target = accelerator_device(gpu_id, device)
+        if target is None:
+            warn_no_accelerator("enable_streamed_offload")
+            return
+        offload = StreamedOffload(target, max_blocks=max_blocks, block_bytes=block_bytes)  # checks arguments
+        self.disable_cpu_offload()
+        self.disable_fast_path()  # offload moves weights under the compiled graph's feet
+        self._sequential = offload
+        for module in self._modules():
+            self._sequential.attach(module)
+
+    def enable_frame_chunking(self, frames_per_chunk: int = 8, pixels_per_chunk: int | None = None) -> None:
+        """Run the UNet's per-frame layers over chunks of frames and its temporal layers over chunks of
+        pixels, so activation memory inside a layer stops growing with ``num_frames``. Exact up to
+        rounding (see :meth:`UNet3DConditionModel.enable_frame_chunking`)."""
+        self.unet.enable_frame_chunking(frames_per_chunk, pixels_per_chunk)
+
+    def disable_frame_chunking(self) -> None:
+        self.unet.disable_frame_chunking()
+
+    def enable_fast_path(self, fuse_qkv: bool = True, channels_last: bool = True, compile: bool = True,
+                         mode: str = "max-autotune-no-cudagraphs", backend: str = "inductor") -> None:
+        """Run the UNet on the fast path (:mod:`videofusion.runtime.fast`): fused attention projections,
+        channels-last convolutions, ``torch.compile`` (``mode`` and ``backend`` are torch.compile's).
+        On by default when the pipeline runs on CUDA; the first call at a new size compiles (minutes
+        with autotuning; cached on disk for later processes). Same outputs up to rounding. Not
+        combinable with CPU offload, and the fused weights do not follow later weight updates: call
+        again after changing the UNet's weights."""
+        if self._offload is not None or self._sequential is not None:
+            raise ValueError("enable_fast_path: not combinable with CPU offload; call disable_cpu_offload() first")
+        self.disable_fast_path()
+        self._fast = FastPath(fuse_qkv=fuse_qkv, channels_last=channels_last, compile=compile, mode=mode,
+                              backend=backend).apply(self.unet)
+
+    def disable_fast_path(self) -> None:
+        """Back to the plain eager UNet (and no automatic fast path on CUDA)."""
+        if self._fast is not None:
+            self._fast.remove(self.unet)
+            self._fast = None
+        self._fast_auto = False
+
+    def _unet_forward(self, device: torch.device):
+        """The UNet callable of this call: the fast path when enabled, or automatically on CUDA."""
+        if (self._fast is None and self._fast_auto and device.type == "cuda" and self._offload is None
+                and self._sequential is None):
+            self.enable_fast_path()
+        return self._fast.forward(self.unet) if self._fast is not None else self.unet
 
     def disable_cpu_offload(self) -> None:
         """Turn model or sequential offload off; the models are left on the CPU."""
@@ -236,8 +307,9 @@ class TextToVideoSDPipeline:
     def check_inputs(self, prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                      negative_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
                      output_type, callback_steps, cross_attention_kwargs, num_videos_per_prompt,
-                     noise, noise_ratio) -> int:
+                     noise, noise_ratio, long_video=None) -> int:
         """Validate a call's arguments before any model runs; returns the number of videos."""
+        check_long_video(long_video)
         check_sizes(height, width, num_frames, num_inference_steps, num_videos_per_prompt)
         if not isinstance(guidance_scale, numbers.Real):
             raise ValueError(f"guidance_scale: must be a number, got {guidance_scale!r}")
@@ -321,7 +393,8 @@ class TextToVideoSDPipeline:
                  return_dict: bool = True, callback: Callable[[int, int, torch.Tensor], None] | None = None,
                  callback_steps: int = 1, cross_attention_kwargs: dict | None = None,
                  clip_skip: int | None = None, num_videos_per_prompt: int = 1,
-                 noise: str = "independent", noise_ratio: float = 0.5):
+                 noise: str = "independent", noise_ratio: float = 0.5, long_video: LongVideo | None = None,
+                 output_path: str | list[str] | None = None, output_fps: float = 8):
         """Generate videos from text.
 
         Args:
@@ -346,13 +419,22 @@ class TextToVideoSDPipeline:
             num_videos_per_prompt: videos per prompt (default 1).
             noise, noise_ratio: ``"independent"`` (default) or VideoFusion's ``"decomposed"`` initial noise
                 with a shared base of weight ``noise_ratio`` (see :func:`videofusion.noise.initial_latents`).
+            long_video: ``LongVideo(window=16, stride=4)`` for videos longer than the model was trained
+                on: windowed temporal attention and noise rescheduling (FreeNoise, see
+                :mod:`videofusion.long_video`); no change when ``num_frames <= window``.
+            output_path, output_fps: write the video(s) as H.264 mp4 at ``output_fps`` (a path, or one per
+                video), decoded and encoded chunk by chunk (VAE slicing's chunk); then ``frames`` is None
+                and ``paths`` lists the files.
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         total = self.check_inputs(prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                                   negative_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
                                   output_type, callback_steps, cross_attention_kwargs, num_videos_per_prompt,
-                                  noise, noise_ratio)
+                                  noise, noise_ratio, long_video)
+        if output_path is not None and output_type == "latent":
+            raise ValueError("output_path: cannot write a video with output_type='latent'")
+        writers = video_writers(output_path, total, output_fps)
         device = self.device
         if device.type == "cpu" and self.dtype == torch.float16:
             warnings.warn("float16 on the CPU runs on slow fallback kernels (often 10-20x slower than "
@@ -370,7 +452,7 @@ class TextToVideoSDPipeline:
         shape = (total, self.unet.config.in_channels, num_frames,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            latents = initial_latents(shape, generator, device, prompt_embeds.dtype, noise, noise_ratio)
+            latents = long_video_latents(shape, generator, device, prompt_embeds.dtype, noise, noise_ratio, long_video)
         latents = latents.to(device) * self.scheduler.init_noise_sigma  # (b, c, f, h, w)
 
         # The scheduler steps on frames folded into the batch, as diffusers does, so stochastic
@@ -383,13 +465,15 @@ class TextToVideoSDPipeline:
             step_kwargs["eta"] = eta
 
         self._onload(self.unet)
+        self.unet.set_temporal_window(*((long_video.window, long_video.stride) if long_video else (None,)))
+        unet = self._unet_forward(device)
         order = self.scheduler.order
         num_warmup_steps = len(timesteps) - num_inference_steps * order
         with self.progress_bar(total=num_inference_steps) as bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if guided else latents  # (2b, c, f, h, w)
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
+                noise_pred = unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
                 if guided:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
@@ -405,11 +489,21 @@ class TextToVideoSDPipeline:
                     if callback is not None and i % callback_steps == 0:
                         callback(i // order, t, latents)
 
+        self.unet.set_temporal_window(None)
+        paths = None
         if output_type == "latent":
             video = latents
-        else:
+        elif writers is None and not self.vae.use_slicing:
             self._onload(self.vae)
             video = self.postprocess(self.decode_latents(latents), output_type)
+        else:  # chunk by chunk off the device (decode.py), into the encoder or a CPU tensor
+            self._onload(self.vae)
+            chunks = decoded_chunks(self.decode_latents, latents, self.vae.slice_size if self.vae.use_slicing
+                                    else num_frames)  # (b, 3, n, H, W) each, on the CPU
+            if writers is not None:
+                video, paths = None, write_videos((self.postprocess(c, "pt") for c in chunks), writers)
+            else:
+                video = self.postprocess(torch.cat(list(chunks), dim=2), output_type)
         if self._offload is not None:
             self._offload.release()
-        return TextToVideoSDPipelineOutput(frames=video) if return_dict else (video,)
+        return TextToVideoSDPipelineOutput(frames=video, paths=paths) if return_dict else (video,)

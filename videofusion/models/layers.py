@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..long_video import fuse_windows
+from .chunking import dense, group_normalize, group_stats, pixel_view, pixels_per_chunk
+
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
@@ -133,13 +136,34 @@ class TemporalConvLayer(nn.Module):
             for _ in range(3))
         nn.init.zeros_(self.conv4[-1].weight)
         nn.init.zeros_(self.conv4[-1].bias)
+        # frame chunking (see videofusion.models.chunking): None = off
+        self.frames_per_chunk: int | None = None
+        self.pixels_per_chunk: int | None = None
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x (b*f, c, h, w) -> (b*f, c, h, w)."""
         bf, c, h, w = x.shape
+        pixels = pixels_per_chunk(self.frames_per_chunk, self.pixels_per_chunk, bf, h * w)
+        if pixels is not None:
+            return self._forward_chunked(dense(x), num_frames, pixels)
         x = x.reshape(bf // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
         x = x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
         return x.permute(0, 2, 1, 3, 4).reshape(bf, c, h, w)  # (b*f, c, h, w)
+
+    def _forward_chunked(self, x: torch.Tensor, num_frames: int, pixels: int) -> torch.Tensor:
+        """The same, ``pixels`` pixels at a time: each stage's GroupNorm statistics first, then the
+        stage chunk by chunk into one buffer (a chunk's conv reads only that chunk's frames)."""
+        out = torch.empty_like(x)
+        src, dst = pixel_view(x, num_frames), pixel_view(out, num_frames)  # (b, f, c, h*w)
+        for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
+            norm, rest = stage[0], stage[1:]
+            mean, rstd = group_stats(src, norm.num_groups, norm.eps, pixels)
+            for p in range(0, src.shape[-1], pixels):
+                y = group_normalize(src[..., p:p + pixels], mean, rstd, norm.weight, norm.bias)  # (b, f, c, P)
+                y = rest(y.permute(0, 2, 1, 3).unsqueeze(-1))  # (b, c, f, P, 1)
+                dst[..., p:p + pixels] = y.squeeze(-1).permute(0, 2, 1, 3)  # (b, f, c, P)
+            src = dst
+        return out.add_(x)
 
 
 class Downsample2D(nn.Module):
@@ -207,20 +231,45 @@ class Attention(nn.Module):
         super().__init__()
         inner_dim = heads * dim_head
         self.heads = heads
+        self.is_cross_attention = context_dim is not None  # attends to a context (text), not to x
         self.slice_size: int | None = None
         self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
         self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
         self.to_k = nn.Linear(context_dim or query_dim, inner_dim, bias=bias)
         self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim)])  # diffusers' to_out.1 is a p=0 dropout
+        # fused projection weights (not checkpoint keys): see fuse_projections
+        self.register_buffer("fused_weight", None, persistent=False)
+        self.register_buffer("fused_bias", None, persistent=False)
+
+    def fuse_projections(self, fuse: bool = True) -> None:
+        """Concatenate the input projections into one matrix multiply: q, k and v for self-attention,
+        k and v for attention to a ``context`` (which then must be passed). Inference only: the fused
+        copy does not follow later weight updates; ``fuse=False`` drops it. Same result up to rounding."""
+        if not fuse:
+            self.fused_weight = self.fused_bias = None
+            return
+        layers = [self.to_k, self.to_v] if self.is_cross_attention else [self.to_q, self.to_k, self.to_v]
+        with torch.no_grad():
+            self.fused_weight = torch.cat([m.weight for m in layers])  # (n*inner, in)
+            self.fused_bias = None if layers[0].bias is None else torch.cat([m.bias for m in layers])
+
+    def project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """q (b, n, inner) from ``x``; k, v (b, m, inner) from ``context`` (``x`` when None)."""
+        if self.fused_weight is None:
+            context = x if context is None else context
+            return self.to_q(x), self.to_k(context), self.to_v(context)
+        if not self.is_cross_attention:
+            return F.linear(x, self.fused_weight, self.fused_bias).chunk(3, dim=-1)
+        kv = F.linear(x if context is None else context, self.fused_weight, self.fused_bias)
+        return (self.to_q(x), *kv.chunk(2, dim=-1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim == 4:
             b, c, h, w = x.shape
             tokens = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)  # (b, h*w, c)
             return x + self.forward(tokens).transpose(1, 2).reshape(b, c, h, w)
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = self.project(x, context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (b, heads, seq, d)
         out = attention(q, k, v, self.slice_size).transpose(1, 2).flatten(2)  # (b, n, heads*d)
         return self.to_out[0](out)
@@ -314,18 +363,55 @@ class TransformerTemporalModel(nn.Module):
         self.proj_in = nn.Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, dim_head)])
         self.proj_out = nn.Linear(inner_dim, in_channels)
+        # frame chunking (see videofusion.models.chunking) and FreeNoise windows (videofusion.long_video)
+        self.frames_per_chunk: int | None = None
+        self.pixels_per_chunk: int | None = None
+        self.temporal_window: tuple[int, int] | None = None  # (window, stride) in frames
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x (b*f, c, h, w) -> (b*f, c, h, w)."""
         bf, c, h, w = x.shape
         b = bf // num_frames
+        pixels = pixels_per_chunk(self.frames_per_chunk, self.pixels_per_chunk, bf, h * w)
+        if pixels is not None:
+            return self._forward_chunked(dense(x), num_frames, pixels)
         y = x.reshape(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
         y = self.norm(y).permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)  # (b*h*w, f, c)
-        y = self.proj_in(y)
-        for block in self.transformer_blocks:
-            y = block(y)
-        y = self.proj_out(y).reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)  # (b, f, c, h, w)
+        y = self.proj_out(self._mix(self.proj_in(y)))
+        y = y.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)  # (b, f, c, h, w)
         return y.reshape(bf, c, h, w) + x  # (b*f, c, h, w)
+
+    def _forward_chunked(self, x: torch.Tensor, num_frames: int, pixels: int) -> torch.Tensor:
+        """The same, ``pixels`` pixels at a time (GroupNorm statistics over all of them first)."""
+        src = pixel_view(x, num_frames)  # (b, f, c, h*w)
+        b, _, c, _ = src.shape
+        mean, rstd = group_stats(src, self.norm.num_groups, self.norm.eps, pixels)
+        out = torch.empty_like(x)
+        dst = pixel_view(out, num_frames)
+        for p in range(0, src.shape[-1], pixels):
+            part = src[..., p:p + pixels]  # (b, f, c, P)
+            n = part.shape[-1]
+            y = group_normalize(part, mean, rstd, self.norm.weight, self.norm.bias)
+            y = self.proj_in(y.permute(0, 3, 1, 2).reshape(b * n, num_frames, c))  # (b*P, f, inner)
+            y = self.proj_out(self._mix(y)).reshape(b, n, num_frames, c).permute(0, 2, 3, 1)  # (b, f, c, P)
+            dst[..., p:p + pixels] = y + part
+        return out
+
+    def _mix(self, y: torch.Tensor) -> torch.Tensor:
+        """The transformer blocks on frame tokens (n, f, inner); with ``temporal_window`` both
+        self-attentions of a block see only overlapping windows of frames, fused as in FreeNoise."""
+        for block in self.transformer_blocks:
+            if self.temporal_window is None or y.shape[1] <= self.temporal_window[0]:
+                y = block(y)
+                continue
+
+            def attend(t, block=block):  # the block's two self-attentions on one window of frames
+                t = block.attn1(block.norm1(t)) + t
+                return block.attn2(block.norm2(t)) + t
+
+            y = fuse_windows(attend, y, *self.temporal_window)
+            y = block.ff(block.norm3(y)) + y
+        return y
 
 
 # ---------------------------------------------------------------------------------------------

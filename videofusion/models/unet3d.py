@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import PretrainedModel
+from .chunking import map_rows
 from .layers import (
     Downsample2D,
     ResnetBlock2D,
@@ -135,17 +136,18 @@ class DownBlock3D(nn.Module):
         self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, cfg.downsample_padding)])
                              if add_downsample else None)
+        self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int):
         """x (b*f, c, h, w) -> (output, skip tensors for the up path, one per layer + downsampler)."""
-        skips = []
+        skips, rows = [], self.frames_per_chunk
         for i, (resnet, temp_conv) in enumerate(zip(self.resnets, self.temp_convs)):
-            x = temp_conv(resnet(x, temb), num_frames)
+            x = temp_conv(map_rows(resnet, rows, x, temb), num_frames)
             if self.attentions is not None:
-                x = self.temp_attentions[i](self.attentions[i](x, context), num_frames)
+                x = self.temp_attentions[i](map_rows(self.attentions[i], rows, x, context), num_frames)
             skips.append(x)
         if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
+            x = map_rows(self.downsamplers[0], rows, x)
             skips.append(x)
         return x, skips
 
@@ -166,17 +168,21 @@ class UpBlock3D(nn.Module):
         self.temp_convs = nn.ModuleList(TemporalConvLayer(out_channels, groups) for _ in layers)
         self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+        self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
 
     def forward(self, x: torch.Tensor, skips: list, temb: torch.Tensor, context: torch.Tensor,
                 num_frames: int, upsample_size: Sequence[int] | None = None) -> torch.Tensor:
         """x (b*f, c, h, w); ``skips`` are consumed last-first, one per layer."""
+        rows = self.frames_per_chunk
         for i, (resnet, temp_conv) in enumerate(zip(self.resnets, self.temp_convs)):
-            x = torch.cat([x, skips[-1 - i]], dim=1)  # (b*f, c + c_skip, h, w)
-            x = temp_conv(resnet(x, temb), num_frames)
+            def concat_resnet(x, skip, temb, resnet=resnet):
+                return resnet(torch.cat([x, skip], dim=1), temb)  # (rows, c + c_skip, h, w) in
+
+            x = temp_conv(map_rows(concat_resnet, rows, x, skips[-1 - i], temb), num_frames)
             if self.attentions is not None:
-                x = self.temp_attentions[i](self.attentions[i](x, context), num_frames)
+                x = self.temp_attentions[i](map_rows(self.attentions[i], rows, x, context), num_frames)
         if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
+            x = map_rows(lambda x: self.upsamplers[0](x, upsample_size), rows, x)
         return x
 
 
@@ -193,11 +199,13 @@ class UNetMidBlock3DCrossAttn(nn.Module):
         self.attentions = nn.ModuleList(
             [Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, groups)])
         self.temp_attentions = nn.ModuleList([TransformerTemporalModel(channels, heads, head_dim, groups)])
+        self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
-        x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
-        x = self.temp_attentions[0](self.attentions[0](x, context), num_frames)
-        return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
+        rows = self.frames_per_chunk
+        x = self.temp_convs[0](map_rows(self.resnets[0], rows, x, temb), num_frames)
+        x = self.temp_attentions[0](map_rows(self.attentions[0], rows, x, context), num_frames)
+        return self.temp_convs[1](map_rows(self.resnets[1], rows, x, temb), num_frames)
 
 
 class UNet3DConditionModel(PretrainedModel):
@@ -233,6 +241,7 @@ class UNet3DConditionModel(PretrainedModel):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, channels[0], eps=cfg.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, 3, padding=1)
+        self.frames_per_chunk: int | None = None
 
     # ---- memory switches -------------------------------------------------------------------
 
@@ -247,6 +256,42 @@ class UNet3DConditionModel(PretrainedModel):
 
     def disable_forward_chunking(self) -> None:
         set_forward_chunking(self, None)
+
+    def enable_frame_chunking(self, frames_per_chunk: int = 8, pixels_per_chunk: int | None = None) -> None:
+        """Run the per-frame layers over chunks of ``frames_per_chunk`` rows of the (batch * frames)
+        axis (classifier-free guidance's two halves included) and the temporal layers over chunks of
+        ``pixels_per_chunk`` pixels (default: as many as make ``frames_per_chunk`` frames' worth of
+        tokens), so a layer's working memory stops growing with ``num_frames``. Exact up to rounding;
+        see :mod:`videofusion.models.chunking`."""
+        if not positive_int(frames_per_chunk):
+            raise ValueError(f"frames_per_chunk: must be a positive int, got {frames_per_chunk!r}")
+        if pixels_per_chunk is not None and not positive_int(pixels_per_chunk):
+            raise ValueError(f"pixels_per_chunk: must be a positive int or None, got {pixels_per_chunk!r}")
+        self._set_chunking(frames_per_chunk, pixels_per_chunk)
+
+    def disable_frame_chunking(self) -> None:
+        self._set_chunking(None, None)
+
+    def _set_chunking(self, frames_per_chunk: int | None, pixels_per_chunk: int | None) -> None:
+        self.frames_per_chunk = frames_per_chunk
+        for m in self.modules():
+            if isinstance(m, (DownBlock3D, UpBlock3D, UNetMidBlock3DCrossAttn)):
+                m.frames_per_chunk = frames_per_chunk
+            elif isinstance(m, (TransformerTemporalModel, TemporalConvLayer)):
+                m.frames_per_chunk, m.pixels_per_chunk = frames_per_chunk, pixels_per_chunk
+
+    def set_temporal_window(self, window: int | None, stride: int | None = None) -> None:
+        """Temporal attention only within overlapping windows of ``window`` frames every ``stride``
+        frames, outputs fused as in FreeNoise (see :mod:`videofusion.long_video`); ``None`` turns it off.
+        The pipeline sets it for a call from its ``long_video`` option."""
+        value = None
+        if window is not None:
+            if not positive_int(window) or not positive_int(stride) or stride > window:
+                raise ValueError(f"window, stride: need ints with 1 <= stride <= window, got {window!r}, {stride!r}")
+            value = (window, stride)
+        for m in self.modules():
+            if isinstance(m, TransformerTemporalModel):
+                m.temporal_window = value
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each block's activations in the backward pass (training mode with grad only)."""
@@ -316,7 +361,7 @@ class UNet3DConditionModel(PretrainedModel):
 
         # 2. frames into the batch
         x = sample.permute(0, 2, 1, 3, 4).reshape(b * num_frames, -1, h, w)  # (b*f, c, h, w)
-        x = self.conv_in(x)
+        x = map_rows(self.conv_in, self.frames_per_chunk, x)
         x = self._run(self.transformer_in, x, num_frames)
 
         # 3. down: keep every intermediate for the skip connections
@@ -337,6 +382,8 @@ class UNet3DConditionModel(PretrainedModel):
             x = self._run(block, x, block_skips, emb, context, num_frames, size)
 
         # 6. out, frames back out of the batch
+        # (not chunked: by now every skip is consumed, so its temporaries are not the peak, and streamed
+        # offload could not predict two blocks alternating chunk by chunk)
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         x = x.reshape(b, num_frames, -1, *x.shape[2:]).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
         return UNet3DConditionOutput(sample=x) if return_dict else (x,)

@@ -267,15 +267,18 @@ class AutoencoderKL(PretrainedModel):
         self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1) if cfg.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent, latent, 1) if cfg.use_post_quant_conv else None
         self.use_slicing = False
+        self.slice_size = 1  # images per slice when slicing
         self.use_tiling = False
         size = cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size
         self.tile_sample_min_size = size
         self.tile_latent_min_size = int(size / 2 ** (len(cfg.block_out_channels) - 1))
         self.tile_overlap_factor = 0.25
 
-    def enable_slicing(self) -> None:
-        """Encode/decode one image at a time: exact, lower peak memory."""
-        self.use_slicing = True
+    def enable_slicing(self, slice_size: int = 1) -> None:
+        """Encode/decode ``slice_size`` images at a time (default 1): exact, lower peak memory."""
+        if not positive_int(slice_size):
+            raise ValueError(f"slice_size: must be a positive int, got {slice_size!r}")
+        self.use_slicing, self.slice_size = True, slice_size
 
     def disable_slicing(self) -> None:
         self.use_slicing = False
@@ -313,8 +316,8 @@ class AutoencoderKL(PretrainedModel):
         """Images x (b, in_channels, H, W), about [-1, 1] -> ``AutoencoderKLOutput(latent_dist)`` (or a
         1-tuple) with a Gaussian over (b, latent_channels, H/2**(n-1), W/2**(n-1)) latents."""
         self._check(x, "x", self.config.in_channels)
-        if self.use_slicing and x.shape[0] > 1:
-            moments = torch.cat([self._encode_one(one) for one in x.split(1)])
+        if self.use_slicing and x.shape[0] > self.slice_size:
+            moments = torch.cat([self._encode_one(part) for part in x.split(self.slice_size)])
         else:
             moments = self._encode_one(x)
         posterior = DiagonalGaussianDistribution(moments)
@@ -324,8 +327,8 @@ class AutoencoderKL(PretrainedModel):
         """Latents z (b, latent_channels, h, w), unscaled -> ``DecoderOutput(sample)`` (or a 1-tuple)
         with images (b, out_channels, h*2**(n-1), w*2**(n-1))."""
         self._check(z, "z", self.config.latent_channels)
-        if self.use_slicing and z.shape[0] > 1:
-            images = torch.cat([self._decode_one(one) for one in z.split(1)])
+        if self.use_slicing and z.shape[0] > self.slice_size:
+            images = torch.cat([self._decode_one(part) for part in z.split(self.slice_size)])
         else:
             images = self._decode_one(z)
         return DecoderOutput(sample=images) if return_dict else (images,)

@@ -1,0 +1,296 @@
+"""`videofusion batch`: JSONL items -> DIR/<id>.mp4 + manifest on Ray; deterministic, resumable, robust to kills.
+
+The Ray tests share one local Ray cluster (2 CPUs) per module; a tiny random model, 2 frames, few steps.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from videofusion.batch import (ERRORS, MANIFEST, PIPELINE_DEFAULTS, BatchOptions, BatchWorker, OutputFolder,
+                               derive_seed, item_spec, line_id, plan, read_items, run_batch)
+from videofusion.cli import main
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install 'videofusion[distributed]')")
+FAST = {"num_frames": 2, "num_inference_steps": 2}
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def decode(path: Path) -> np.ndarray:
+    """All frames of a video file, (num_frames, height, width, 3) uint8."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+
+def manifest_lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- parsing (no Ray)
+
+
+def test_read_items_resolves_ids_seeds_and_settings(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [
+        {"prompt": "a red circle"},
+        "",
+        {"prompt": "a blue square", "id": "blue", "seed": 5, "num_frames": 4, "negative_prompt": "blur"},
+        {"prompt": "a cyan line", "id": 7, "height": 64, "noise": "decomposed", "noise_ratio": 0.2},
+        "# a comment",
+    ])
+    items, errors = read_items(path, {**PIPELINE_DEFAULTS, "num_inference_steps": 3})
+    assert errors == []
+    first, blue, cyan = items
+    assert (first.line, first.id, blue.id, cyan.id) == (1, line_id(1), "blue", "7")
+    assert first.seed == derive_seed(line_id(1)) == derive_seed("line-000001") and 0 <= first.seed < 2**31
+    assert derive_seed("a") != derive_seed("b") and blue.seed == 5
+    assert blue.settings == {**PIPELINE_DEFAULTS, "num_inference_steps": 3, "num_frames": 4, "negative_prompt": "blur"}
+    assert (cyan.settings["height"], cyan.settings["noise"], cyan.settings["noise_ratio"]) == (64, "decomposed", 0.2)
+
+
+@pytest.mark.parametrize("line,words", [
+    ('{"prompt": "x", "sed": 1}', ["unknown key", "'sed'", "seed"]),
+    ("not json", ["not valid JSON"]),
+    ('["a list"]', ["JSON object"]),
+    ('{"id": "x"}', ["prompt"]),
+    ('{"prompt": "   "}', ["prompt"]),
+    ('{"prompt": "x", "seed": -1}', ["seed"]),
+    ('{"prompt": "x", "seed": 1.5}', ["seed"]),
+    ('{"prompt": "x", "num_frames": 0}', ["num_frames"]),
+    ('{"prompt": "x", "num_inference_steps": true}', ["num_inference_steps"]),
+    ('{"prompt": "x", "height": 60}', ["height", "divisible by 8"]),
+    ('{"prompt": "x", "guidance_scale": "high"}', ["guidance_scale"]),
+    ('{"prompt": "x", "noise": "pink"}', ["noise", "decomposed"]),
+    ('{"prompt": "x", "noise_ratio": 2}', ["noise_ratio"]),
+    ('{"prompt": "x", "negative_prompt": ["a"]}', ["negative_prompt"]),
+    ('{"prompt": "x", "id": "../escape"}', ["id", "letters"]),
+    ('{"prompt": "x", "id": "ok"}', ["already used on line 1"]),
+])
+def test_a_bad_line_is_reported_with_its_line_number(tmp_path, line, words):
+    path = write_lines(tmp_path / "p.jsonl", [{"prompt": "first", "id": "ok"}, line, {"prompt": "third"}])
+    items, errors = read_items(path, PIPELINE_DEFAULTS)
+    assert [i.line for i in items] == [1, 3]
+    assert len(errors) == 1 and errors[0]["line"] == 2
+    assert all(w in errors[0]["error"] for w in words), errors[0]
+
+
+def test_options_are_checked_before_ray_starts(tmp_path, tiny_pipeline_dir, capsys):
+    with pytest.raises(ValueError, match="workers"):
+        BatchOptions(model=tiny_pipeline_dir, workers=0).check()
+    with pytest.raises(ValueError, match="model_index.json"):
+        BatchOptions(model=str(tmp_path)).check()
+    with pytest.raises(ValueError, match="num_frames"):
+        BatchOptions(model=tiny_pipeline_dir, defaults={"num_frames": -2}).check()
+    with pytest.raises(ValueError, match="needs num_gpus_per_worker"):
+        BatchOptions(model=tiny_pipeline_dir, device="cuda").check()
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "x"}])
+    for extra, word in ((["--workers", "0"], "workers"), (["--height", "12"], "height"),
+                        (["--num-gpus-per-worker", "-1"], "num_gpus_per_worker")):
+        code = main(["batch", str(prompts), "-o", str(tmp_path / "out"), "--model", tiny_pipeline_dir, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and word in err and len(err.strip().splitlines()) == 1
+    assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_bad_lines_go_to_stderr_and_errors_jsonl_and_the_exit_code_is_1(tmp_path, tiny_pipeline_dir, capsys):
+    prompts = write_lines(tmp_path / "p.jsonl", ['{"prompt": "x", "steps": 3}', "{oops"])
+    code = main(["batch", str(prompts), "-o", str(tmp_path / "out"), "--model", tiny_pipeline_dir, "-q"])
+    captured = capsys.readouterr()
+    assert code == 1 and "0/0 videos" in captured.out and "2 invalid" in captured.out
+    assert f"{prompts}:1: unknown key(s) ['steps']" in captured.err and f"{prompts}:2: not valid JSON" in captured.err
+    assert [json.loads(e)["line"] for e in (tmp_path / "out" / ERRORS).read_text().splitlines()] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- resume bookkeeping (no Ray)
+
+
+def test_plan_skips_complete_items_and_compacts_the_manifest(tmp_path, tiny_pipeline_dir):
+    options = BatchOptions(model=tiny_pipeline_dir)
+    path = write_lines(tmp_path / "p.jsonl", [{"prompt": f"p{i}", "id": f"v{i}", **FAST} for i in range(5)])
+    items, _ = read_items(path, PIPELINE_DEFAULTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    records = []
+    for item in items + [items[0]]:  # v0 twice: the last line wins
+        (out / f"{item.id}.mp4").write_bytes(b"x" * 100)
+        records.append({"id": item.id, **item_spec(item, options), "bytes": 100})
+    records.append({"id": "old", **item_spec(items[0], options), "bytes": 3})  # an id no longer in the file
+    (out / "old.mp4").write_bytes(b"abc")
+    records[2]["settings"] = {**records[2]["settings"], "num_frames": 3}  # v2: made with other settings
+    (out / "v3.mp4").write_bytes(b"x" * 60)  # v3: cut short
+    (out / "v4.mp4").unlink()  # v4: missing
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in records) + '{"id": "v1", "byt')  # killed mid-line
+    pending, keep = plan(items, options, out)
+    assert [i.id for i in pending] == ["v2", "v3", "v4"]
+    assert sorted(r["id"] for r in keep) == ["old", "v0", "v1"]
+
+    folder = OutputFolder(out)
+    (out / ".v3.mp4.123.part").write_bytes(b"half")
+    try:
+        with pytest.raises(ValueError, match="another `videofusion batch`"):
+            OutputFolder(out)
+        folder.start_manifest(keep)
+    finally:
+        folder.close()
+    assert [r["id"] for r in manifest_lines(out)] == ["v1", "v0", "old"]
+
+
+def test_worker_reports_a_failing_item_and_makes_the_others(tiny_pipeline_dir, models_one_thread):
+    options = {**vars(BatchOptions(model=tiny_pipeline_dir)), "threads": 1}
+    worker = BatchWorker(options)
+    good = {"id": "good", "prompt": "a red circle", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST}}
+    bad = {"id": "bad", "prompt": "x", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST, "num_frames": "two"}}
+    out = worker({"item": np.array([json.dumps(good), json.dumps(bad)])})
+    assert out["id"] == ["good", "bad"]
+    ok, failed = (json.loads(r) for r in out["result"])
+    assert "num_frames" in failed["error"] and out["mp4"][1] == b""
+    assert (ok["num_frames"], ok["height"], ok["width"]) == (2, 16, 16) and out["mp4"][0][4:8] == b"ftyp"
+    # the item's video is the public API's for that seed
+    from videofusion import DiffusionPipeline
+    from videofusion.video import to_uint8_frames
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a red circle", generator=[torch.Generator().manual_seed(3)], **FAST).frames[0]
+    assert hashlib.sha256(to_uint8_frames(frames).tobytes()).hexdigest() == ok["frames_sha256"]
+
+
+# ----------------------------------------------------------------------------- on a local Ray cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray (2 CPUs) for the module; its address lets subprocesses join it."""
+    ray = pytest.importorskip("ray")
+    import logging
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        env.setenv("OMP_WAIT_POLICY", "PASSIVE")  # Ray's processes inherit it: no spinning on a busy machine
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory):
+    """12 prompts (3 with their own seed) and 2 malformed lines, on lines 5 and 9."""
+    lines = [{"prompt": f"a shape {i}", **FAST, **({"seed": i} if i % 4 == 0 else {})} for i in range(12)]
+    lines.insert(4, '{"prompt": "a red circle", "sed": 1}')
+    lines.insert(8, '{"prompt": "unterminated')
+    return write_lines(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", lines)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_cluster, twelve, tiny_pipeline_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "out"
+    summary = run_batch(twelve, out, BatchOptions(model=tiny_pipeline_dir, workers=2), progress=False)
+    return out, summary
+
+
+@needs_ray
+def test_twelve_prompts_on_two_workers_give_twelve_videos_and_a_manifest(two_worker_run):
+    out, summary = two_worker_run
+    assert summary == {**summary, "items": 12, "generated": 12, "skipped": 0, "failed": 0, "invalid": 2}
+    records = manifest_lines(out)
+    assert len(records) == 12 and len({r["id"] for r in records}) == 12
+    for r in records:
+        video = decode(out / r["file"])
+        assert video.shape == (2, 16, 16, 3) and r["num_frames"] == 2
+        assert r["bytes"] == (out / r["file"]).stat().st_size and r["seconds"] > 0 and r["worker"]
+        assert r["settings"]["num_inference_steps"] == 2
+    assert {r["id"]: r["seed"] for r in records}["line-000001"] == 0  # the line's own seed
+    assert len({r["worker"] for r in records}) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, ERRORS, ".videofusion-batch.lock"]
+                                                           + [r["file"] for r in records])
+    errors = [json.loads(line) for line in (out / ERRORS).read_text().splitlines()]
+    assert [e["line"] for e in errors] == [5, 9] and "sed" in errors[0]["error"]
+
+
+def kill_first_worker_once(out: Path, killed: list) -> None:
+    """Watch out/manifest.jsonl; SIGKILL the worker that wrote its first line (a Ray actor), once."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        lines = (out / MANIFEST).read_text().splitlines() if (out / MANIFEST).is_file() else []
+        if lines:
+            pid = int(json.loads(lines[0])["worker"].rsplit(":", 1)[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.05)
+
+
+@needs_ray
+def test_one_worker_killed_mid_run_gives_identical_frames_and_a_rerun_skips_everything(
+        two_worker_run, twelve, tiny_pipeline_dir, tmp_path):
+    out2, _ = two_worker_run
+    out1 = tmp_path / "one"
+    killed: list[int] = []
+    watcher = threading.Thread(target=kill_first_worker_once, args=(out1, killed), daemon=True)
+    watcher.start()
+    summary = run_batch(twelve, out1, BatchOptions(model=tiny_pipeline_dir, workers=1), progress=False)
+    watcher.join()
+    assert killed and summary["generated"] == 12 and summary["failed"] == 0  # Ray Data replaced the actor
+    one = {r["id"]: r for r in manifest_lines(out1)}
+    two = {r["id"]: r for r in manifest_lines(out2)}
+    assert len(one) == 12 and sum(r["worker"].endswith(f":{killed[0]}") for r in one.values()) < 12
+    assert {k: r["frames_sha256"] for k, r in one.items()} == {k: r["frames_sha256"] for k, r in two.items()}
+    assert len({r["frames_sha256"] for r in one.values()}) == 12  # and they are 12 different videos
+    for item_id in one:
+        np.testing.assert_array_equal(decode(out1 / f"{item_id}.mp4"), decode(out2 / f"{item_id}.mp4"))
+
+    before = (out1 / MANIFEST).read_bytes()
+    again = run_batch(twelve, out1, BatchOptions(model=tiny_pipeline_dir, workers=1), progress=False)
+    assert (again["skipped"], again["generated"]) == (12, 0)
+    assert (out1 / MANIFEST).read_bytes() == before
+
+
+@needs_ray
+def test_kill_the_job_then_rerun_finishes_without_loss_or_duplicates(ray_cluster, tiny_pipeline_dir, tmp_path):
+    # slower items (8 steps) so the kill lands mid-run
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"a shape {i}", "id": f"v{i:02d}", "num_frames": 2,
+                                                  "num_inference_steps": 8} for i in range(12)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "videofusion.cli", "batch", str(prompts), "-o", str(out), "--model",
+               tiny_pipeline_dir, "--workers", "2", "--threads", "1", "-q"]
+    log = open(tmp_path / "job.log", "w")
+    job = subprocess.Popen(command + ["--ray-address", ray_cluster], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        if (out / MANIFEST).is_file() and len((out / MANIFEST).read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, f"the job ended before it was killed: {(tmp_path / 'job.log').read_text()[-2000:]}"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    log.close()
+    before = {r["id"]: r for r in manifest_lines(out)}
+    assert 3 <= len(before) < 12
+    with open(out / MANIFEST, "a") as f:
+        f.write('{"id": "v11", "file": "v11.mp')  # as if killed while appending a line
+
+    (out / ".v00.mp4.999.part").write_bytes(b"half a video")  # as if killed while writing a file
+
+    # rerun (in this process, on the same cluster: one Ray start per test module)
+    options = BatchOptions(model=tiny_pipeline_dir, workers=2, threads=1)
+    summary = run_batch(prompts, out, options, progress=False)
+    assert (summary["skipped"], summary["generated"], summary["failed"]) == (len(before), 12 - len(before), 0)
+    records = manifest_lines(out)
+    assert sorted(r["id"] for r in records) == [f"v{i:02d}" for i in range(12)]  # all there, none twice
+    assert all(records[i] == r for i, r in enumerate(before.values()))  # finished lines kept as they were
+    for r in records:
+        assert decode(out / r["file"]).shape == (2, 16, 16, 3)
+    assert not list(out.glob(".*.part"))

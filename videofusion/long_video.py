@@ -1,0 +1,167 @@
+"""Long videos from a model trained on short clips: FreeNoise (Qiu et al. 2023, "FreeNoise: Tuning-Free
+Longer Video Diffusion via Noise Rescheduling", arXiv:2310.15169).
+
+Two changes, both off unless a :class:`LongVideo` is passed to the pipeline call:
+
+1. *Window-based attention fusion*: every temporal self-attention attends only within overlapping
+   windows of ``window`` frames, moved by ``stride`` frames (the last window is aligned to the end);
+   a frame covered by several windows gets the weighted mean of their outputs, weights rising
+   linearly towards the window centre (FreeNoise's / diffusers' "pyramid" weighting).
+2. *Noise rescheduling*: only the first ``window`` frames draw fresh noise; each later block of
+   ``stride`` frames is a random permutation of the block that leaves the window as it moves on,
+   so every window ``[k*stride, k*stride + window)`` holds a permutation of the first window's noise.
+
+With ``num_frames <= window`` neither changes anything. VideoFusion's decomposed noise (a base shared
+by all frames plus a per-frame residual) combines with it: the first window is drawn decomposed and
+its frames are rescheduled, so the base stays shared and the residuals are shuffled.
+
+Pure functions of tensors; the model side lives in
+:class:`videofusion.models.layers.TransformerTemporalModel` (``temporal_window``).
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .noise import Generator, initial_latents
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class LongVideo:
+    """The long-video option of a pipeline call: ``pipe(prompt, num_frames=64, long_video=LongVideo())``.
+
+    window: frames each temporal attention sees at once (default 16, the ModelScope training length).
+    stride: frames between window starts, 1 <= stride <= window (default 4; smaller is smoother, slower).
+    reschedule_noise: FreeNoise's noise rescheduling (default True); False keeps fresh noise per frame.
+    """
+
+    window: int = 16
+    stride: int = 4
+    reschedule_noise: bool = True
+
+    def __post_init__(self):
+        _positive_int("window", self.window)
+        _positive_int("stride", self.stride)
+        if self.stride > self.window:
+            raise ValueError(f"stride: must be at most window ({self.window}), got {self.stride}")
+        if not isinstance(self.reschedule_noise, bool):
+            raise TypeError(f"reschedule_noise: must be True or False, got {self.reschedule_noise!r}")
+
+
+def frame_windows(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Half-open frame ranges ``[(start, end), ...]`` of the attention windows: starts 0, stride,
+    2*stride, ... while the window fits, plus one window ending at the last frame if the last start
+    leaves frames uncovered. One window ``(0, num_frames)`` when ``num_frames <= window``.
+
+    >>> frame_windows(10, 4, 3)
+    [(0, 4), (3, 7), (6, 10)]
+    >>> frame_windows(11, 4, 3)
+    [(0, 4), (3, 7), (6, 10), (7, 11)]
+    """
+    if num_frames <= window:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - window + 1, stride))
+    if starts[-1] + window < num_frames:
+        starts.append(num_frames - window)
+    return [(s, s + window) for s in starts]
+
+
+def window_weights(window: int) -> torch.Tensor:
+    """FreeNoise's fusion weights of the frames of one window: ``min(i + 1, window - i)``, i.e.
+    ``[1, 2, ..., 2, 1]`` (diffusers' "pyramid"), float32 of shape (window,)."""
+    i = torch.arange(window)
+    return torch.minimum(i + 1, window - i).float()
+
+
+def fuse_windows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, window: int,
+                 stride: int) -> torch.Tensor:
+    """Window-based fusion (FreeNoise, sec. 3.3): ``fn`` on every window of frames of ``x``, the
+    outputs averaged per frame with :func:`window_weights`.
+
+    x: (n, num_frames, dim) tokens, frames on dim 1. ``fn`` maps (n, w, dim) -> (n, w, dim) and must
+    treat the n rows independently. Returns (n, num_frames, dim) in ``x.dtype`` (accumulated in
+    float32). With ``num_frames <= window`` this is ``fn(x)``.
+    """
+    num_frames = x.shape[1]
+    if num_frames <= window:
+        return fn(x)
+    total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (n, f, dim)
+    weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=x.device)  # (f,)
+    weights = window_weights(window).to(x.device)  # (window,)
+    for start, end in frame_windows(num_frames, window, stride):
+        total[:, start:end] += fn(x[:, start:end]).float() * weights[None, :, None]
+        weight_sum[start:end] += weights
+    return (total / weight_sum[None, :, None]).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# noise
+
+
+def rescheduled_frames(num_frames: int, window: int, stride: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Source frame (in ``[0, window)``) of each of ``num_frames`` frames under FreeNoise's noise
+    rescheduling, as a (num_frames,) int64 tensor.
+
+    Frames ``[0, window)`` are themselves; for ``i = window, window + stride, ...`` the block
+    ``[i, i + stride)`` takes a random permutation (``torch.randperm(stride, generator=generator)``,
+    cut to the frames left) of the block ``[i - window, i - window + stride)``, the one that leaves
+    the window as it moves from ``i - window`` to ``i - window + stride``. So every window starting
+    at a multiple of ``stride`` holds each first-window frame exactly once (diffusers'
+    ``shuffle_context`` order of draws).
+    """
+    source = list(range(min(window, num_frames)))
+    device = generator.device if generator is not None else torch.device("cpu")
+    for i in range(window, num_frames, stride):
+        perm = torch.randperm(stride, generator=generator, device=device).tolist()
+        block = source[i - window:i - window + stride]
+        source += [block[p] for p in perm][:num_frames - i]
+    return torch.tensor(source, dtype=torch.long)
+
+
+def reschedule_noise(noise: torch.Tensor, num_frames: int, window: int, stride: int,
+                     generator: Generator = None) -> torch.Tensor:
+    """Extend first-window noise ``(b, c, window, h, w)`` to ``(b, c, num_frames, h, w)`` with
+    :func:`rescheduled_frames`. A list of generators draws video ``i``'s permutations from
+    ``generator[i]`` (same video for the same seed, whatever the batch); a single generator (or None)
+    draws one order for the whole batch."""
+    if noise.shape[2] != min(window, num_frames):
+        raise ValueError(f"noise: expected {min(window, num_frames)} frames (the first window), got {noise.shape[2]}")
+    if isinstance(generator, (list, tuple)) and len(generator) > 1:
+        if len(generator) != noise.shape[0]:
+            raise ValueError(f"generator: a list of {len(generator)} generators for a batch of {noise.shape[0]}")
+        return torch.stack([video[:, rescheduled_frames(num_frames, window, stride, g).to(noise.device)]
+                            for video, g in zip(noise, generator)])  # (b, c, f, h, w)
+    if isinstance(generator, (list, tuple)):
+        generator = generator[0]
+    return noise[:, :, rescheduled_frames(num_frames, window, stride, generator).to(noise.device)]
+
+
+def long_video_latents(shape: Sequence[int], generator: Generator = None, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None, noise: str = "independent", noise_ratio: float = 0.5,
+                       long_video: LongVideo | None = None) -> torch.Tensor:
+    """Initial latents ``(b, c, num_frames, h, w)``: :func:`videofusion.noise.initial_latents` for the
+    first ``long_video.window`` frames (independent or decomposed), rescheduled to ``num_frames``.
+    Identical to ``initial_latents(shape, ...)`` when ``long_video`` is None, its
+    ``reschedule_noise`` is False, or ``num_frames <= window``."""
+    b, c, num_frames, h, w = shape
+    if long_video is None or not long_video.reschedule_noise or num_frames <= long_video.window:
+        return initial_latents(shape, generator, device, dtype, noise, noise_ratio)
+    first = initial_latents((b, c, long_video.window, h, w), generator, device, dtype, noise, noise_ratio)
+    return reschedule_noise(first, num_frames, long_video.window, long_video.stride, generator)
+
+
+def check_long_video(long_video) -> None:
+    """TypeError unless ``long_video`` is None or a :class:`LongVideo`."""
+    if long_video is not None and not isinstance(long_video, LongVideo):
+        raise TypeError(f"long_video: must be None or a videofusion.long_video.LongVideo(window=..., stride=...), "
+                        f"got {type(long_video).__name__}")
