@@ -181,7 +181,8 @@ def ray_cluster():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
         env.setenv("OMP_WAIT_POLICY", "PASSIVE")  # Ray's processes inherit it: no spinning on a busy machine
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 _system_config={"worker_niceness": 0})  # as run_batch's own local Ray
         yield ray.get_runtime_context().gcs_address
         ray.shutdown()
 

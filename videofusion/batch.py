@@ -415,8 +415,9 @@ def _start_ray(options: BatchOptions) -> bool:
         except ConnectionError as e:
             raise ValueError(f"ray_address: cannot join the Ray cluster at {options.ray_address!r}: {e}") from None
     else:
-        ray.init(num_cpus=math.ceil(options.workers * options.num_cpus_per_worker),
-                 include_dashboard=False, **common)
+        # workers at normal priority: they are the job (Ray's default, nice 15, starves them on a busy machine)
+        ray.init(num_cpus=math.ceil(options.workers * options.num_cpus_per_worker), include_dashboard=False,
+                 _system_config={"worker_niceness": 0}, **common)
     return True
 
 
