@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from videofusion.batch import (ERRORS, MANIFEST, PIPELINE_DEFAULTS, BatchOptions, BatchWorker, OutputFolder,
-                               derive_seed, item_spec, line_id, plan, read_items, run_batch)
+from videofusion.batch import (ERRORS, MANIFEST, BatchOptions, BatchWorker, OutputFolder, item_spec, plan, run_batch,
+                               run_spec)
+from videofusion.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
 from videofusion.cli import main
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -121,7 +122,9 @@ def test_bad_lines_go_to_stderr_and_errors_jsonl_and_the_exit_code_is_1(tmp_path
 
 
 def test_plan_skips_complete_items_and_compacts_the_manifest(tmp_path, tiny_pipeline_dir):
-    options = BatchOptions(model=tiny_pipeline_dir)
+    import shutil
+    model = shutil.copytree(tiny_pipeline_dir, tmp_path / "model")
+    run = run_spec(BatchOptions(model=str(model)))
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": f"p{i}", "id": f"v{i}", **FAST} for i in range(5)])
     items, _ = read_items(path, PIPELINE_DEFAULTS)
     out = tmp_path / "out"
@@ -129,16 +132,19 @@ def test_plan_skips_complete_items_and_compacts_the_manifest(tmp_path, tiny_pipe
     records = []
     for item in items + [items[0]]:  # v0 twice: the last line wins
         (out / f"{item.id}.mp4").write_bytes(b"x" * 100)
-        records.append({"id": item.id, **item_spec(item, options), "bytes": 100})
-    records.append({"id": "old", **item_spec(items[0], options), "bytes": 3})  # an id no longer in the file
+        records.append({"id": item.id, **item_spec(item, run), "bytes": 100})
+    records.append({"id": "old", **item_spec(items[0], run), "bytes": 3})  # an id no longer in the file
     (out / "old.mp4").write_bytes(b"abc")
     records[2]["settings"] = {**records[2]["settings"], "num_frames": 3}  # v2: made with other settings
     (out / "v3.mp4").write_bytes(b"x" * 60)  # v3: cut short
     (out / "v4.mp4").unlink()  # v4: missing
     (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in records) + '{"id": "v1", "byt')  # killed mid-line
-    pending, keep = plan(items, options, out)
+    pending, keep = plan(items, run, out)
     assert [i.id for i in pending] == ["v2", "v3", "v4"]
     assert sorted(r["id"] for r in keep) == ["old", "v0", "v1"]
+    assert plan(items, run_spec(BatchOptions(model=str(model), fps=4)), out)[0] == items  # other output options
+    os.utime(model / "unet" / "config.json", ns=(1, 1))  # the model folder changed (retrained, re-saved)
+    assert plan(items, run_spec(BatchOptions(model=str(model))), out)[0] == items
 
     folder = OutputFolder(out)
     (out / ".v3.mp4.123.part").write_bytes(b"half")
@@ -198,8 +204,14 @@ def twelve(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_worker_run(ray_cluster, twelve, tiny_pipeline_dir, tmp_path_factory):
+    import ray.data
     out = tmp_path_factory.mktemp("two") / "out"
-    summary = run_batch(twelve, out, BatchOptions(model=tiny_pipeline_dir, workers=2), progress=False)
+    context = ray.data.DataContext.get_current()
+    before, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 600  # both workers take items
+    try:
+        summary = run_batch(twelve, out, BatchOptions(model=tiny_pipeline_dir, workers=2), progress=False)
+    finally:
+        context.wait_for_min_actors_s = before
     return out, summary
 
 

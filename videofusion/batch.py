@@ -1,7 +1,7 @@
 """Batch generation on Ray: many prompts from a JSONL file, one pipeline per worker, resumable.
 
 Each line of the prompts file is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., <settings>}``
-(see :data:`ITEM_KEYS`). :func:`run_batch` reads and checks every line first (a bad line is reported
+(see :mod:`videofusion.batch_items`). :func:`run_batch` reads and checks every line first (a bad line is reported
 with its line number and skipped; the others still run), skips the items a previous run finished, and
 sends the rest through a Ray Data pipeline whose workers (:class:`BatchWorker`, Ray actors) each load
 the pipeline once. Workers return the encoded mp4 bytes; the driver writes ``DIR/<id>.mp4`` atomically
@@ -13,7 +13,7 @@ derived from its id by :func:`derive_seed`), drawn from its own generator, never
 workers or the order they run in.
 
 Resuming: an item is done when the manifest has a line for its id with the same prompt, seed, settings,
-model and output options, and ``DIR/<id>.mp4`` has the byte size recorded there. Rerunning the same
+model (path, and for a folder its files' sizes and times) and output options, and ``DIR/<id>.mp4`` has the byte size recorded there. Rerunning the same
 command regenerates only the missing, truncated or changed items; the manifest is compacted first, so
 no id ever has two lines.
 """
@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import math
-import numbers
 import os
-import re
 import socket
 import sys
 import time
@@ -34,38 +32,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .noise import NOISE_MODES
+from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, is_count, is_number, read_items
 
 MANIFEST = "manifest.jsonl"
 ERRORS = "errors.jsonl"
 LOCK = ".videofusion-batch.lock"
 PART_SUFFIX = ".part"  # temp files of unfinished writes, removed when a run starts
 
-# Per-item settings: exactly the pipeline call's keyword arguments, with their defaults.
-PIPELINE_DEFAULTS: dict[str, Any] = {
-    "negative_prompt": None, "num_frames": 16, "num_inference_steps": 50, "guidance_scale": 9.0,
-    "height": None, "width": None, "noise": "independent", "noise_ratio": 0.5,
-}
-ITEM_KEYS = ("prompt", "id", "seed", *PIPELINE_DEFAULTS)
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_SEED = 2**63 - 1
 # What an output depends on besides the item: a manifest line with other values is stale.
-SPEC_KEYS = ("prompt", "seed", "settings", "model", "variant", "scheduler", "dtype", "fps")
+SPEC_KEYS = ("prompt", "seed", "settings", "model", "model_files", "variant", "scheduler", "dtype", "fps")
 
 
 class BatchError(RuntimeError):
     """The Ray workers could not run (e.g. the model failed to load); what was written is kept."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One video to make: ``settings`` are the resolved pipeline keyword arguments."""
-
-    line: int
-    id: str
-    prompt: str
-    seed: int
-    settings: dict[str, Any]
 
 
 @dataclass
@@ -95,15 +74,15 @@ class BatchOptions:
     def check(self) -> None:
         """ValueError naming the option unless every value is usable (cheap; no Ray, no model)."""
         from .schedulers import SCHEDULERS
-        if not _is_count(self.workers):
+        if not is_count(self.workers):
             raise ValueError(f"workers: must be an integer >= 1, got {self.workers!r}")
-        if not _is_number(self.num_cpus_per_worker) or self.num_cpus_per_worker <= 0:
+        if not is_number(self.num_cpus_per_worker) or self.num_cpus_per_worker <= 0:
             raise ValueError(f"num_cpus_per_worker: must be a number > 0, got {self.num_cpus_per_worker!r}")
-        if not _is_number(self.num_gpus_per_worker) or self.num_gpus_per_worker < 0:
+        if not is_number(self.num_gpus_per_worker) or self.num_gpus_per_worker < 0:
             raise ValueError(f"num_gpus_per_worker: must be a number >= 0, got {self.num_gpus_per_worker!r}")
-        if self.threads is not None and not _is_count(self.threads):
+        if self.threads is not None and not is_count(self.threads):
             raise ValueError(f"threads: must be an integer >= 1 or None, got {self.threads!r}")
-        if not _is_number(self.fps) or self.fps <= 0:
+        if not is_number(self.fps) or self.fps <= 0:
             raise ValueError(f"fps: must be a number > 0, got {self.fps!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler: {self.scheduler!r} is not one of {sorted(SCHEDULERS)}")
@@ -120,119 +99,34 @@ class BatchOptions:
         check_settings(self.defaults, "defaults")
 
 
-# ----------------------------------------------------------------------------- items
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
-def derive_seed(item_id: str) -> int:
-    """A stable seed in [0, 2**31) from an item id (first 8 bytes of its SHA-256)."""
-    return int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:8], "big") % 2**31
-
-
-def line_id(line: int) -> str:
-    """The id of an item whose line sets none: ``line-000007`` for line 7."""
-    return f"line-{line:06d}"
-
-
-def check_settings(settings: dict[str, Any], where: str = "settings") -> None:
-    """ValueError naming the key unless every pipeline setting in ``settings`` has an accepted value."""
-    unknown = sorted(set(settings) - set(PIPELINE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; accepted: {list(PIPELINE_DEFAULTS)}")
-    for key in ("num_frames", "num_inference_steps", "height", "width"):
-        value = settings.get(key)
-        if value is not None and not _is_count(value):
-            raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
-    for key in ("height", "width"):
-        if settings.get(key) is not None and settings[key] % 8:
-            raise ValueError(f"{key}: must be divisible by 8, got {settings[key]}")
-    if "guidance_scale" in settings and not _is_number(settings["guidance_scale"]):
-        raise ValueError(f"guidance_scale: must be a number, got {settings['guidance_scale']!r}")
-    negative = settings.get("negative_prompt")
-    if negative is not None and not isinstance(negative, str):
-        raise ValueError(f"negative_prompt: must be a string or null, got {negative!r}")
-    if "noise" in settings and settings["noise"] not in NOISE_MODES:
-        raise ValueError(f"noise: {settings['noise']!r} is not one of {list(NOISE_MODES)}")
-    if "noise_ratio" in settings and not (_is_number(settings["noise_ratio"]) and 0 <= settings["noise_ratio"] <= 1):
-        raise ValueError(f"noise_ratio: must be a number in [0, 1], got {settings['noise_ratio']!r}")
-
-
-def parse_item(obj: Any, line: int, defaults: dict[str, Any]) -> Item:
-    """One decoded JSONL line -> an :class:`Item` with resolved settings; ValueError saying what is wrong."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object such as {{\"prompt\": \"...\"}}, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(ITEM_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; accepted: {list(ITEM_KEYS)}")
-    prompt = obj.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt: must be a non-empty string, got {prompt!r}")
-    item_id = obj.get("id", line_id(line))
-    if isinstance(item_id, numbers.Integral) and not isinstance(item_id, bool):
-        item_id = str(item_id)
-    if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
-        raise ValueError(f"id: {item_id!r} must be 1-128 characters of letters, digits, '.', '_', '-', "
-                         "starting with a letter or digit (it names the file <id>.mp4)")
-    seed = obj.get("seed")
-    if seed is None:
-        seed = derive_seed(item_id)
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed: must be an integer in [0, 2**63 - 1], got {seed!r}")
-    given = {k: obj[k] for k in PIPELINE_DEFAULTS if k in obj}
-    check_settings(given)
-    return Item(line, item_id, prompt, int(seed), {**defaults, **given})
-
-
-def read_items(path: str | os.PathLike, defaults: dict[str, Any]) -> tuple[list[Item], list[dict]]:
-    """Parse a prompts file: ``(items, errors)``; each error is ``{"line", "error"}`` (+ ``"id"``).
-
-    Blank lines and lines starting with ``#`` are skipped. A later line repeating an earlier id is an error.
-    ``defaults`` are the resolved settings every item starts from.
-    """
-    items: list[Item] = []
-    errors: list[dict] = []
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip() or text.lstrip().startswith("#"):
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                errors.append({"line": number, "error": f"not valid JSON: {e.msg} (column {e.colno})"})
-                continue
-            try:
-                item = parse_item(obj, number, defaults)
-            except ValueError as e:
-                errors.append({"line": number, "error": str(e)})
-                continue
-            if item.id in seen:
-                errors.append({"line": number, "id": item.id,
-                               "error": f"id: {item.id!r} is already used on line {seen[item.id]}"})
-                continue
-            seen[item.id] = number
-            items.append(item)
-    return items, errors
-
-
 def resolve_defaults(options: BatchOptions) -> dict[str, Any]:
     """The settings an item starts from: pipeline defaults < the model's (demo) defaults < ``options.defaults``."""
     from .demo import generation_defaults
     return {**PIPELINE_DEFAULTS, **generation_defaults(options.model), **options.defaults}
 
 
-def item_spec(item: Item, options: BatchOptions) -> dict[str, Any]:
+def model_fingerprint(model: str) -> str | None:
+    """A local model folder's files (relative paths, sizes, modification times) hashed, so a retrained
+    or re-saved model at the same path is noticed; ``None`` for a Hub id."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_spec(options: BatchOptions) -> dict[str, Any]:
+    """What every output of a run depends on besides its item (part of :data:`SPEC_KEYS`)."""
+    return {"model": options.model, "model_files": model_fingerprint(options.model), "variant": options.variant,
+            "scheduler": options.scheduler, "dtype": options.dtype, "fps": options.fps}
+
+
+def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
     """What an item's output depends on (the :data:`SPEC_KEYS`), as recorded in the manifest."""
-    return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, "model": options.model,
-            "variant": options.variant, "scheduler": options.scheduler, "dtype": options.dtype,
-            "fps": options.fps}
+    return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, **run}
 
 
 # ----------------------------------------------------------------------------- output folder
@@ -279,7 +173,7 @@ def is_complete(record: dict, output_dir: Path) -> bool:
     return file.is_file() and file.stat().st_size == record.get("bytes")
 
 
-def plan(items: list[Item], options: BatchOptions, output_dir: Path) -> tuple[list[Item], list[dict]]:
+def plan(items: list[Item], run: dict[str, Any], output_dir: Path) -> tuple[list[Item], list[dict]]:
     """``(pending items, manifest records to keep)``: an item is done when its record matches its spec
     and its file is complete. Records of ids absent from ``items`` are kept while their file is complete."""
     records = read_manifest(output_dir / MANIFEST)
@@ -289,7 +183,7 @@ def plan(items: list[Item], options: BatchOptions, output_dir: Path) -> tuple[li
         if not is_complete(record, output_dir):
             continue
         item = wanted.get(item_id)
-        if item is not None and {k: record.get(k) for k in SPEC_KEYS} != item_spec(item, options):
+        if item is not None and {k: record.get(k) for k in SPEC_KEYS} != item_spec(item, run):
             continue
         keep.append(record)
     kept = {r["id"] for r in keep}
@@ -482,7 +376,8 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
     summary = {"items": len(items), "skipped": 0, "generated": 0, "failed": 0, "invalid": invalid}
     started = False
     try:
-        pending, keep = plan(items, options, folder.path)
+        run = run_spec(options)
+        pending, keep = plan(items, run, folder.path)
         folder.start_manifest(keep)
         summary["skipped"] = len(items) - len(pending)
         by_id = {item.id: item for item in pending}
@@ -502,7 +397,7 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
                         summary["failed"] += 1
                     else:
                         record = {"id": item.id, "file": f"{item.id}.mp4", "line": item.line,
-                                  **item_spec(item, options), **result, "bytes": len(mp4),
+                                  **item_spec(item, run), **result, "bytes": len(mp4),
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                         folder.add(record, mp4)
                         summary["generated"] += 1
