@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .noise import NOISE_MODES
+from .pipeline import check_sizes
 
 # Per-item settings: exactly the pipeline call's keyword arguments, with their defaults.
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -62,13 +63,9 @@ def check_settings(settings: dict[str, Any], where: str = "settings") -> None:
     unknown = sorted(set(settings) - set(PIPELINE_DEFAULTS))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; accepted: {list(PIPELINE_DEFAULTS)}")
-    for key in ("num_frames", "num_inference_steps", "height", "width"):
-        value = settings.get(key)
-        if value is not None and not is_count(value):
-            raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
-    for key in ("height", "width"):
-        if settings.get(key) is not None and settings[key] % 8:
-            raise ValueError(f"{key}: must be divisible by 8, got {settings[key]}")
+    sizes = {k: settings[k] for k in ("height", "width", "num_frames", "num_inference_steps")
+             if settings.get(k) is not None}
+    check_sizes(**{"height": 8, "width": 8, "num_frames": 1, "num_inference_steps": 1, **sizes})  # as the CLI does
     if "guidance_scale" in settings and not is_number(settings["guidance_scale"]):
         raise ValueError(f"guidance_scale: must be a number, got {settings['guidance_scale']!r}")
     negative = settings.get("negative_prompt")
