@@ -101,6 +101,34 @@ def test_learned_tokenizer_gives_one_token_per_word(tmp_path):
     assert len(tok("a purple giraffe").input_ids) > 4  # unknown words fall back to byte characters
 
 
+def test_unet_from_starts_from_another_folders_unet_with_this_folders_text_encoder(tiny_pipeline_dir, tmp_path):
+    from videofusion.models import UNet3DConditionModel
+    from videofusion.training.train import _load_unet_weights
+    train(config(tiny_pipeline_dir, tmp_path / "stage1", steps=2), progress=False)
+    stage1 = tmp_path / "stage1" / "model"
+    fresh = UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet")
+    _load_unet_weights(fresh, str(stage1))
+    a, b = fresh.state_dict(), unet_state(stage1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    train(config(tiny_pipeline_dir, tmp_path / "stage2", steps=2, unet_from=str(stage1),
+                 train_text_encoder=False), progress=False)
+    from transformers import CLIPTextModel
+    te_start = CLIPTextModel.from_pretrained(tiny_pipeline_dir, subfolder="text_encoder").state_dict()
+    te_out = CLIPTextModel.from_pretrained(tmp_path / "stage2" / "model", subfolder="text_encoder").state_dict()
+    assert all(torch.equal(te_start[k], te_out[k]) for k in te_start)  # frozen, from `model`, not unet_from
+    out = unet_state(tmp_path / "stage2" / "model")
+    assert not all(torch.equal(out[k], b[k]) for k in b)  # trained on from stage 1's weights
+
+    with pytest.raises(FileNotFoundError, match="unet_from"):
+        _load_unet_weights(fresh, str(tmp_path))
+    other = tmp_path / "other"
+    UNet3DConditionModel(**{**fresh.config.__dict__, "layers_per_block": fresh.config.layers_per_block + 1}).save_pretrained(
+        str(other / "unet"))
+    with pytest.raises(ValueError, match="unet_from.*layers_per_block"):
+        _load_unet_weights(fresh, str(other))
+
+
 def test_config_validation_and_files(tmp_path):
     with pytest.raises(ValueError, match="noise_ratio"):
         TrainConfig(model="m", output_dir="o", data="d", noise_ratio=2)

@@ -152,6 +152,8 @@ def add_training(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the config's step count")
     p.add_argument("--output-dir", default=None, help="override the config's output_dir")
     p.add_argument("--noise-ratio", type=float, default=None, help="override VideoFusion's lambda")
+    p.add_argument("--unet-from", default=None, metavar="FOLDER",
+                   help="override the config's unet_from (pipeline folder whose UNet weights start training)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.set_defaults(run=run_train)
@@ -171,7 +173,8 @@ def run_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in dict(steps=args.steps, output_dir=args.output_dir,
-                                       noise_ratio=args.noise_ratio).items() if v is not None}
+                                       noise_ratio=args.noise_ratio, unet_from=args.unet_from).items()
+                 if v is not None}
     summary = train(TrainConfig.from_file(args.config, **overrides), resume=not args.no_resume)
     print(f"{summary['config']['output_dir']}/model  ({summary['steps']} steps, "
           f"final loss {summary['final_loss_avg50']:.4f}, {summary['seconds']:.0f} s)")

@@ -199,10 +199,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.device.type == "cpu":
+            # oneDNN's convolutions run NHWC without reorders: 1.4x faster decode on the CPU (measured,
+            # docs/performance.md). diffusers' decoder turns NHWC by accident, after its mid-block attention.
+            z = z.contiguous(memory_format=torch.channels_last)
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_act(self.conv_norm_out(x))).contiguous()  # (b, c, H, W), NCHW
 
 
 # ---------------------------------------------------------------------------------------------

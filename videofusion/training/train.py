@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 500      # steps between checkpoints (one at the end too)
     seed: int = 0
     device: str = "auto"
+    unet_from: str | None = None     # pipeline folder whose unet/ weights start the UNet (the rest: model)
     scheduler: dict = field(default_factory=dict)  # scheduler config overrides for training and the saved
     #   model, e.g. {prediction_type = "v_prediction", rescale_betas_zero_snr = true, timestep_spacing = "trailing"}
     extra: dict = field(default_factory=dict)  # free-form notes stored in log.json
@@ -172,6 +173,21 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _load_unet_weights(unet, folder: str) -> None:
+    """Copy the weights of ``folder/unet`` (a pipeline folder) into ``unet``; the configs must match."""
+    from ..models import UNet3DConditionModel
+    path = Path(folder) / "unet"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"unet_from: {folder} is not a pipeline folder with a unet/config.json")
+    source = UNet3DConditionModel.from_pretrained(str(path), torch_dtype=torch.float32)
+    ours, theirs = dataclasses.asdict(unet.config), dataclasses.asdict(source.config)
+    differ = sorted(k for k in ours if ours[k] != theirs[k])
+    if differ:
+        raise ValueError(f"unet_from: the UNet of {folder} has another architecture than the model's "
+                         f"(config keys {differ} differ)")
+    unet.load_state_dict(source.state_dict())
+
+
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     """Run (or resume) training; returns a summary dict (also written to ``output_dir/log.json``).
 
@@ -189,6 +205,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 on the CPU")
     dataset = open_dataset(config.data, config.num_frames, config.height, config.width)
     pipe = TextToVideoSDPipeline.from_pretrained(config.model, torch_dtype=torch.float32)
+    if config.unet_from:
+        _load_unet_weights(pipe.unet, config.unet_from)
     pipe.to(device)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     if config.scheduler:
