@@ -58,6 +58,26 @@ def test_sample_specs_deterministic_and_respect_the_split():
     assert {(s.colour, s.shape, s.direction) for s in held} == HELD_OUT
 
 
+def test_start_spread_starts_the_shape_at_the_far_side():
+    assert sample_specs(60, seed=3, start_spread=1.0) == sample_specs(60, seed=3)  # 1 = the uniform default
+    for spread in (0.0, 0.2):
+        specs = sample_specs(200, seed=3, start_spread=spread)
+        assert [(s.colour, s.shape, s.direction, s.speed) for s in specs] == \
+            [(s.colour, s.shape, s.direction, s.speed) for s in sample_specs(200, seed=3)]  # only the start moves
+        for s in specs:
+            along, across = (s.start[0], s.start[1]) if s.direction in ("left", "right") else s.start[::-1]
+            entry = 1.0 if s.direction in ("left", "up") else 0.0
+            assert abs(along - entry) <= spread + 1e-12
+        across = [s.start[1] if s.direction in ("left", "right") else s.start[0] for s in specs]
+        assert len({round(v, 6) for v in across}) == len(specs)  # the cross-motion position still varies
+    # with spread 0 a clip moving left enters at the right edge: its first centroid is right of the middle
+    spec = next(s for s in sample_specs(50, seed=1, start_spread=0.0) if s.direction == "left")
+    assert centroids(render_clip(spec, 16, 64, 64), spec)[0, 0] > 32
+    with pytest.raises(ValueError, match="start_spread"):
+        sample_specs(4, seed=0, start_spread=1.5)
+    assert ShapesDataset(3, seed=2, start_spread=0.0).specs == sample_specs(3, seed=2, start_spread=0.0)
+
+
 def test_render_clip_is_deterministic_uint8_and_seed_dependent():
     spec = sample_specs(1, seed=0)[0]
     clip = render_clip(spec, num_frames=12, height=48, width=80)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from videofusion.noise import initial_latents
-from videofusion.training.train import TrainConfig, save_loss_curve, train
+from videofusion.training.train import TrainConfig, sample_timesteps, save_loss_curve, train
 
 
 def config(tiny_pipeline_dir, out, **kw):
@@ -127,6 +127,16 @@ def test_unet_from_starts_from_another_folders_unet_with_this_folders_text_encod
         str(other / "unet"))
     with pytest.raises(ValueError, match="unet_from.*layers_per_block"):
         _load_unet_weights(fresh, str(other))
+
+
+def test_timestep_power_favours_high_noise_and_power_1_is_the_uniform_draw():
+    uniform = sample_timesteps(8, 1000, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(5)))
+    t = sample_timesteps(20000, 1000, 2.0, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.int64
+    assert abs((t >= 850).double().mean().item() - (1 - 0.85) ** 0.5) < 0.01  # P(t >= 0.85 T) = sqrt(0.15)
+    with pytest.raises(ValueError, match="timestep_power"):
+        TrainConfig(model="m", output_dir="o", data="d", timestep_power=0)
 
 
 def test_config_validation_and_files(tmp_path):

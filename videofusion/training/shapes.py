@@ -206,33 +206,41 @@ def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: 
     return clip
 
 
-def _spec_for(seed: int, index: int, split: str) -> ShapeSpec:
+def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0) -> ShapeSpec:
     """Spec ``index`` of the stream ``(seed, split)``: depends on nothing else (not on ``n``)."""
     rng = np.random.default_rng([seed, index, SPLITS.index(split)])
     options = combos(split)
     colour, shape, direction = options[rng.integers(len(options))]
+    speed = list(SPEEDS)[rng.integers(len(SPEEDS))]  # the draw order is the data set: keep it
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    start = [float(rng.uniform()) for _ in range(2)]  # (x, y) fractions
+    axis = 0 if direction in ("left", "right") else 1
+    entry = 1.0 if direction in ("left", "up") else 0.0  # the start fraction of a path entering at the far side
+    start[axis] = entry + (start[axis] - entry) * start_spread
     return ShapeSpec(
-        colour=colour, shape=shape, direction=direction,
-        speed=list(SPEEDS)[rng.integers(len(SPEEDS))],
-        size=list(SIZES)[rng.integers(len(SIZES))],
-        background=list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
-        start=(float(rng.uniform()), float(rng.uniform())),
+        colour=colour, shape=shape, direction=direction, speed=speed, size=size, background=background,
+        start=tuple(start),
         noise=float(rng.choice([0.0, 0.02])),
         seed=int(rng.integers(2**31)),
     )
 
 
-def sample_specs(n: int, seed: int, split: str = "train") -> list[ShapeSpec]:
+def sample_specs(n: int, seed: int, split: str = "train", start_spread: float = 1.0) -> list[ShapeSpec]:
     """``n`` random specs of a split, deterministic from ``seed`` (a non-negative int).
 
-    Combination, speed, size and background are uniform; the start is uniform in [0, 1]^2; half the
-    clips get a faint (0.02) background texture. Spec ``i`` depends only on ``(seed, i, split)``,
+    Combination, speed, size and background are uniform; half the clips get a faint (0.02) background
+    texture. The start is uniform in [0, 1]^2 with ``start_spread`` 1 (default); a smaller spread keeps
+    the start along the motion within that fraction of the far side, so the shape crosses the frame
+    (0: always enters at the far side). Spec ``i`` depends only on ``(seed, i, split, start_spread)``,
     so ``sample_specs(10, s)[:5] == sample_specs(5, s)``.
     """
     _check_positive_int("n", n, 0)
     _check_positive_int("seed", seed, 0)
     _check_choice("split", split, SPLITS)
-    return [_spec_for(seed, i, split) for i in range(n)]
+    if not 0.0 <= start_spread <= 1.0:
+        raise ValueError(f"start_spread must be in [0, 1], got {start_spread!r}")
+    return [_spec_for(seed, i, split, start_spread) for i in range(n)]
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -244,9 +252,9 @@ class ShapesDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
-                 split: str = "train", detailed_captions: bool = False):
+                 split: str = "train", detailed_captions: bool = False, start_spread: float = 1.0):
         _check_geometry(num_frames, height, width)
-        self.specs = sample_specs(n, seed, split)
+        self.specs = sample_specs(n, seed, split, start_spread)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.detailed_captions = detailed_captions
 

@@ -52,6 +52,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     noise_ratio: float = 0.0         # VideoFusion's lambda: weight of the base noise shared by frames
     caption_dropout: float = 0.1     # probability of training on the empty caption
+    timestep_power: float = 1.0      # t = floor(T * (1 - u**p)), u uniform: 1 = uniform t; p > 1 favours high
+    #   noise, where the prompt decides the layout and motion (p = 2 puts 39% of clips in the noisiest 15%)
     train_text_encoder: bool = False
     mixed_precision: str = "no"      # "no", "bf16" (CPU or CUDA), "fp16" (CUDA)
     gradient_checkpointing: bool = False
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+        if not self.timestep_power > 0:
+            raise ValueError(f"timestep_power: must be > 0, got {self.timestep_power}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
 
@@ -107,6 +111,15 @@ class TrainConfig:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of every random draw in training step ``step``."""
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, power: float, g: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps in ``[0, T)``: uniform for ``power == 1``, else ``floor(T * (1 - u**power))``
+    with ``u`` uniform in [0, 1), so ``power > 1`` draws high-noise steps more often."""
+    if power == 1.0:
+        return torch.randint(0, num_train_timesteps, (n,), generator=g)
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    return (num_train_timesteps * (1 - u ** power)).long().clamp(0, num_train_timesteps - 1)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -290,8 +303,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         noise = initial_latents(z0.shape, g, device, z0.dtype,
                                 noise="decomposed" if config.noise_ratio > 0 else "independent",
                                 noise_ratio=config.noise_ratio)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.batch_size,),
-                                  generator=g).to(device)
+        timesteps = sample_timesteps(config.batch_size, noise_scheduler.config.num_train_timesteps,
+                                     config.timestep_power, g).to(device)
         noisy = noise_scheduler.add_noise(z0, noise, timesteps)
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, timesteps)
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
