@@ -175,3 +175,25 @@ def test_autoencoder_training_and_scaling_factor():
                                progress=False)
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert fit_scaling_factor(vae, data, num_clips=4) > 0
+
+
+def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_path):
+    from videofusion import TextToVideoSDPipeline
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.training.demo_recipe import init_demo_pipeline
+    plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False)
+    words = init_demo_pipeline(tmp_path / "words", vae_from=DEMO_MODEL_PATH, progress=False, token_embedding_scale=50)
+    a, b = (TextToVideoSDPipeline.from_pretrained(str(p)) for p in (plain, words))
+    ea, eb = (p.text_encoder.get_input_embeddings().weight for p in (a, b))
+    assert torch.allclose(eb, 50 * ea)  # the same seeded draw, scaled
+    torch.testing.assert_close(a.vae.state_dict(), b.vae.state_dict())  # the reused VAE
+    ids = b.tokenizer(["a red circle moving left", "a red circle moving right"], padding="max_length",
+                      max_length=b.tokenizer.model_max_length, return_tensors="pt").input_ids
+    position = int((ids[0] != ids[1]).nonzero()[0])  # where the direction word sits
+    with torch.no_grad():
+        gaps = [(h[0, position] - h[1, position]).norm() / h[0, position].norm()
+                for h in (a.text_encoder(ids)[0], b.text_encoder(ids)[0])]
+    assert gaps[1] > 1.0 > 0.5 > gaps[0]  # scaled: the two words come out nearly orthogonal
+    with pytest.raises(ValueError, match="token_embedding_scale"):
+        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, token_embedding_scale=0)
+    assert not (tmp_path / "bad").exists()  # rejected before anything is written

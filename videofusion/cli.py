@@ -164,6 +164,8 @@ def add_training(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-from", default=None, metavar="FOLDER",
                    help="reuse the trained vae/ of this pipeline folder instead of training one")
+    p.add_argument("--token-embedding-scale", type=float, default=1.0,
+                   help="multiply the random text encoder's token embeddings (default 1; 50 keeps words apart)")
     p.set_defaults(run=run_init_demo)
 
 
@@ -184,7 +186,7 @@ def run_train(args) -> int:
 def run_init_demo(args) -> int:
     from .training.demo_recipe import init_demo_pipeline
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
-                             vae_from=args.vae_from))
+                             vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale))
     return 0
 
 

@@ -49,8 +49,14 @@ def caption_words() -> list[str]:
 
 
 def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: int = 0,
-                       progress: bool = True, vae_from: str | os.PathLike | None = None) -> Path:
+                       progress: bool = True, vae_from: str | os.PathLike | None = None,
+                       token_embedding_scale: float = 1.0) -> Path:
     """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout).
+
+    ``token_embedding_scale``: multiplies the random text encoder's token embeddings (std 0.02 at 1).
+    At 50 a word outweighs its position embedding and the random layers, so each position of the
+    encoder's output is nearly its own word's vector: "left" and "right" come out ~140% apart at their
+    position, against ~29% at 1, which a *frozen* encoder keeps (docs/demo-model.md).
 
     ``vae_from``: a pipeline folder whose trained ``vae/`` is reused instead of training one (the VAE
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
@@ -64,6 +70,8 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     from .autoencoder import fit_scaling_factor, train_autoencoder
     from .tokenizer import build_clip_tokenizer
 
+    if not token_embedding_scale > 0:
+        raise ValueError(f"token_embedding_scale: must be > 0, got {token_embedding_scale}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer(caption_words(), out / ".vocab", model_max_length=MAX_TOKENS)
@@ -71,6 +79,8 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     text_encoder = CLIPTextModel(CLIPTextConfig(
         **TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight.mul_(token_embedding_scale)
     unet = UNet3DConditionModel(**UNET)
     vae = AutoencoderKL(**VAE)
     if vae_from is not None:
