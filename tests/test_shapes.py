@@ -65,7 +65,7 @@ def test_start_spread_starts_the_shape_at_the_far_side():
         assert [(s.colour, s.shape, s.direction, s.speed) for s in specs] == \
             [(s.colour, s.shape, s.direction, s.speed) for s in sample_specs(200, seed=3)]  # only the start moves
         for s in specs:
-            along, across = (s.start[0], s.start[1]) if s.direction in ("left", "right") else s.start[::-1]
+            along = s.start[0] if s.direction in ("left", "right") else s.start[1]
             entry = 1.0 if s.direction in ("left", "up") else 0.0
             assert abs(along - entry) <= spread + 1e-12
         across = [s.start[1] if s.direction in ("left", "right") else s.start[0] for s in specs]

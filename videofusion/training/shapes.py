@@ -136,6 +136,11 @@ def combos(split: str = "train") -> list[tuple[str, str, str]]:
     return [c for c in every if (c in HELD_OUT) == (split == "heldout")]
 
 
+def _motion(direction: str) -> tuple[int, bool]:
+    """The axis a direction moves along (0 = x, 1 = y) and whether it moves towards the origin (left, up)."""
+    return (0 if direction in ("left", "right") else 1), direction in ("left", "up")
+
+
 def trajectory(spec: ShapeSpec, num_frames: int, height: int, width: int) -> np.ndarray:
     """Centre of the shape's bounding box in each frame, ``(num_frames, 2)`` as (x, y) pixels.
 
@@ -144,7 +149,7 @@ def trajectory(spec: ShapeSpec, num_frames: int, height: int, width: int) -> np.
     3% of the extent (at least 1 pixel).
     """
     size = SIZES[spec.size] * min(height, width)
-    moving_axis = 0 if spec.direction in ("left", "right") else 1
+    moving_axis, backwards = _motion(spec.direction)
     centre = np.empty((num_frames, 2))
     for axis, extent in enumerate((width, height)):
         margin = max(1.0, 0.03 * extent)
@@ -153,7 +158,7 @@ def trajectory(spec: ShapeSpec, num_frames: int, height: int, width: int) -> np.
         travel = min(SPEEDS[spec.speed] * extent / 64 * (num_frames - 1), hi - lo) if moving else 0.0
         first = lo + spec.start[axis] * (hi - lo - travel)  # the end of the path nearest the origin
         path = first + np.linspace(0.0, travel, num_frames)
-        centre[:, axis] = path[::-1] if spec.direction in ("left", "up") and moving else path
+        centre[:, axis] = path[::-1] if backwards and moving else path
     return centre
 
 
@@ -215,8 +220,8 @@ def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0) -> S
     size = list(SIZES)[rng.integers(len(SIZES))]
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     start = [float(rng.uniform()) for _ in range(2)]  # (x, y) fractions
-    axis = 0 if direction in ("left", "right") else 1
-    entry = 1.0 if direction in ("left", "up") else 0.0  # the start fraction of a path entering at the far side
+    axis, backwards = _motion(direction)
+    entry = 1.0 if backwards else 0.0  # the start fraction of a path entering at the far side
     start[axis] = entry + (start[axis] - entry) * start_spread
     return ShapeSpec(
         colour=colour, shape=shape, direction=direction, speed=speed, size=size, background=background,
