@@ -78,6 +78,39 @@ def test_start_spread_starts_the_shape_at_the_far_side():
     assert ShapesDataset(3, seed=2, start_spread=0.0).specs == sample_specs(3, seed=2, start_spread=0.0)
 
 
+def test_trail_draws_faded_copies_behind_the_shape_only():
+    from videofusion.evaluation import score_clip
+    from videofusion.training.data import open_dataset
+
+    spec = ShapeSpec("red", "circle", "left", speed="slow", size="medium", start=(0.5, 0.5))
+    plain, trailed = render_clip(spec, 8, 64, 64), render_clip(spec, 8, 64, 64, trail=2)
+    assert np.array_equal(render_clip(spec, 8, 64, 64, trail=0), plain)
+    changed = (plain != trailed).any(-1)  # (f, h, w)
+    assert changed.any()
+    # every changed pixel is right of the shape's centre (it moves left) and at most two gaps behind
+    centre_x = trajectory(spec, 8, 64, 64)[:, 0]
+    size = SIZES["medium"] * 64
+    for f in range(8):
+        cols = np.nonzero(changed[f])[1] + 0.5
+        assert cols.min() > centre_x[f] and cols.max() < centre_x[f] + size / 2 + 2 * 0.35 * size + 1
+    # the shape itself is drawn on top: pixels it covers fully are unchanged
+    for f, (cx, cy) in enumerate(trajectory(spec, 8, 64, 64)):
+        inside = coverage("circle", cx, cy, size, 64, 64) == 1.0
+        assert inside.sum() > 100 and not changed[f][inside].any()
+    # colour and direction still read back from clips with trails (the evaluation's own reader)
+    for s in sample_specs(24, seed=4, start_spread=0.1):
+        result = score_clip(render_clip(s, 16, 64, 64, trail=2), caption(s))
+        assert result["colour_ok"] and result["direction_ok"], s
+    with pytest.raises(ValueError, match="trail"):
+        render_clip(spec, 8, 64, 64, trail=-1)
+    with pytest.raises(ValueError, match="trail"):
+        ShapesDataset(2, trail=-1)
+    data = open_dataset({"shapes": 2, "seed": 0, "trail": 2}, 8, 64, 64)
+    assert data.trail == 2 and torch.equal(data[0]["video"], ShapesDataset(2, num_frames=8, trail=2)[0]["video"])
+    with pytest.raises(ValueError, match="accepted: shapes, seed, start_spread, trail"):
+        open_dataset({"shapes": 2, "colour": "red"}, 8, 64, 64)
+
+
 def test_render_clip_is_deterministic_uint8_and_seed_dependent():
     spec = sample_specs(1, seed=0)[0]
     clip = render_clip(spec, num_frames=12, height=48, width=80)

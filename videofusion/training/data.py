@@ -102,17 +102,17 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
-    ``"start_spread"``) for N synthetic moving-shape clips (:class:`~videofusion.training.shapes.ShapesDataset`)."""
+    ``"start_spread"`` and ``"trail"``) for N synthetic moving-shape clips (:class:`~videofusion.training.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
         from .shapes import ShapesDataset
-        unknown = sorted(set(spec) - {"shapes", "seed", "start_spread"})
+        unknown = sorted(set(spec) - {"shapes", "seed", "start_spread", "trail"})
         if unknown:
-            raise ValueError(f"data: unknown keys {unknown}; accepted: shapes, seed, start_spread")
+            raise ValueError(f"data: unknown keys {unknown}; accepted: shapes, seed, start_spread, trail")
         return ShapesDataset(int(spec["shapes"]), seed=int(spec.get("seed", 0)), num_frames=num_frames,
                              height=height, width=width, split="train",
-                             start_spread=float(spec.get("start_spread", 1.0)))
+                             start_spread=float(spec.get("start_spread", 1.0)), trail=int(spec.get("trail", 0)))
     return VideoCaptionDataset(spec, num_frames=num_frames, height=height, width=width)
 
 

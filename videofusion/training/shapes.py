@@ -190,13 +190,21 @@ def coverage(shape: str, cx: float, cy: float, size: float, height: int, width: 
     return alpha
 
 
-def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: int = 64) -> np.ndarray:
+# A trail copy j (1, 2, ...) sits j * TRAIL_GAP shape sizes behind the shape, at TRAIL_ALPHA ** j.
+TRAIL_GAP, TRAIL_ALPHA = 0.35, 0.5
+
+
+def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: int = 64,
+                trail: int = 0) -> np.ndarray:
     """Render ``spec`` as a uint8 array of shape ``(num_frames, height, width, 3)`` (RGB).
 
     Deterministic: the same spec and geometry give identical bytes. ``height`` and ``width`` are
-    in pixels, at least 8.
+    in pixels, at least 8. ``trail`` (default 0: none) draws that many faded copies of the shape
+    behind it, opposite to its motion (copy j at ``j * TRAIL_GAP`` sizes, opacity ``TRAIL_ALPHA ** j``),
+    so every single frame shows which way the shape moves.
     """
     _check_geometry(num_frames, height, width)
+    _check_positive_int("trail", trail, 0)
     background = np.broadcast_to(np.asarray(BACKGROUNDS[spec.background], np.float32), (height, width, 3))
     if spec.noise > 0:
         texture = np.random.default_rng(spec.seed).standard_normal((height, width, 1), dtype=np.float32)
@@ -204,9 +212,16 @@ def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: 
     colour = np.asarray(COLOURS[spec.colour], np.float32)
     size = SIZES[spec.size] * min(height, width)
     clip = np.empty((num_frames, height, width, 3), np.uint8)
+    axis, backwards = _motion(spec.direction)
+    behind = np.zeros(2)
+    behind[axis] = TRAIL_GAP * size * (1.0 if backwards else -1.0)  # (x, y) pixels per trail copy
     for f, (cx, cy) in enumerate(trajectory(spec, num_frames, height, width)):
+        frame = background
+        for j in range(trail, 0, -1):  # farthest copy first, the shape itself last
+            alpha = TRAIL_ALPHA**j * coverage(spec.shape, cx + j * behind[0], cy + j * behind[1], size, height, width)
+            frame = frame * (1.0 - alpha[..., None]) + colour * alpha[..., None]
         alpha = coverage(spec.shape, cx, cy, size, height, width)[..., None]  # (h, w, 1)
-        frame = background * (1.0 - alpha) + colour * alpha
+        frame = frame * (1.0 - alpha) + colour * alpha
         clip[f] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     return clip
 
@@ -257,9 +272,12 @@ class ShapesDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
-                 split: str = "train", detailed_captions: bool = False, start_spread: float = 1.0):
+                 split: str = "train", detailed_captions: bool = False, start_spread: float = 1.0,
+                 trail: int = 0):
         _check_geometry(num_frames, height, width)
+        _check_positive_int("trail", trail, 0)
         self.specs = sample_specs(n, seed, split, start_spread)
+        self.trail = trail
         self.num_frames, self.height, self.width = num_frames, height, width
         self.detailed_captions = detailed_captions
 
@@ -270,7 +288,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} clips")
         spec = self.specs[index]
-        clip = render_clip(spec, self.num_frames, self.height, self.width)  # (f, h, w, 3) uint8
+        clip = render_clip(spec, self.num_frames, self.height, self.width, self.trail)  # (f, h, w, 3) uint8
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, f, h, w)
         return {"video": video, "caption": caption(spec, self.detailed_captions)}
 

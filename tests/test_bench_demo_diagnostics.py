@@ -1,0 +1,40 @@
+"""bench/demo_diagnostics.py keeps working on the shipped demo model (the numbers docs/demo-model.md quotes)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "videofusion" / "data" / "demo-model"
+
+
+def _run(*args: str) -> list[list[str]]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "demo_diagnostics.py"), *args, "--threads", "1"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.strip("| ").split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
+    return [r for r in rows[1:] if not r[0].startswith("---")]  # drop the header and the rule
+
+
+def _percent(cell: str) -> float:
+    return float(cell.split("%")[0])
+
+
+def test_text_encoder_distances_and_scaling():
+    plain = {row[0]: _percent(row[1]) for row in _run("text-encoder", str(MODEL))}
+    scaled = {row[0]: _percent(row[1]) for row in _run("text-encoder", str(MODEL), "--scale", "right=50")}
+    assert len(plain) == 4 and all(v > 0 for v in plain.values())
+    # scaling "right"'s embedding moves that caption away; the colour change does not depend on it
+    assert scaled["a red circle moving right"] > 3 * plain["a red circle moving right"]
+    assert abs(scaled["a blue circle moving left"] - plain["a blue circle moving left"]) < 1e-6
+
+
+def test_caption_loss_and_layout_tables():
+    losses = _run("caption-loss", str(MODEL))
+    assert [row[0] for row in losses] == ["[900, 1000)", "[500, 900)", "[0, 500)"]
+    assert all(0 < float(v) < 10 for row in losses for v in row[1:])
+    layout = _run("layout", str(MODEL))
+    assert len(layout) == 4
+    for caption, clips, static, temporal, ratio in layout:
+        assert int(clips) > 10 and -1 <= float(static) <= 1 and -1 <= float(temporal) <= 1 and float(ratio) >= 0, caption
