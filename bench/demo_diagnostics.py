@@ -111,8 +111,10 @@ def layout(pipe: TextToVideoSDPipeline, start_spread: float, draws: int = 32) ->
         model = torch.cat(outputs).mean(0)  # (4, f, h, w)
         static_data, static_model = mean_clip.mean(1, keepdim=True), model.mean(1, keepdim=True)  # (4, 1, h, w)
         temporal_data, temporal_model = mean_clip - static_data, model - static_model
-        print(f"| {caption} | {len(index)} | {_cosine(static_data - static_data.mean(), static_model - static_model.mean()):.2f} | "
-              f"{_cosine(temporal_data, temporal_model):.2f} | {(temporal_model.norm() / temporal_data.norm()).item():.2f} |")
+        static = _cosine(static_data - static_data.mean(), static_model - static_model.mean())
+        temporal = _cosine(temporal_data, temporal_model)
+        ratio = (temporal_model.norm() / temporal_data.norm()).item()
+        print(f"| {caption} | {len(index)} | {static:.2f} | {temporal:.2f} | {ratio:.2f} |")
 
 
 def main() -> None:

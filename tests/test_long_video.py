@@ -234,3 +234,13 @@ def test_evaluate_demo_passes_num_frames_and_long_video(tiny_pipeline_dir):
                            num_inference_steps=1, long_video=LongVideo(8, 4), progress=False)
     assert report["settings"]["num_frames"] == 20 and report["settings"]["long_video"] == LongVideo(8, 4)
     assert report["seen"]["n"] == 1
+
+
+def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
+    from videofusion.cli import build_parser
+    from videofusion.demo import evaluate_demo
+    assert build_parser().parse_args(["eval-demo", "--guidance-scale", "3"]).guidance_scale == 3.0
+    reports = [evaluate_demo(tiny_pipeline_dir, seeds=1, heldout_seeds=0, max_combos=1, num_frames=8,
+                             num_inference_steps=2, guidance_scale=g, progress=False) for g in (1.0, 20.0)]
+    assert [r["settings"]["guidance_scale"] for r in reports] == [1.0, 20.0]
+    assert reports[0]["videos"][0]["predicted"] != reports[1]["videos"][0]["predicted"]

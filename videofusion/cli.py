@@ -199,6 +199,7 @@ def add_eval_demo(sub) -> None:
     p.add_argument("--heldout-seeds", type=int, default=4, help="seeds per held-out combination (default 4)")
     p.add_argument("--max-combos", type=int, default=None, help="at most this many seen combinations")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the demo's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 7.5)")
     p.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
     p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
                    help="FreeNoise long-video option for every video, e.g. 16:4 (default: off)")
@@ -218,7 +219,8 @@ def run_eval_demo(args) -> int:
     t0 = time.perf_counter()
     report = evaluate_demo(args.model, seeds=args.seeds, heldout_seeds=args.heldout_seeds,
                            max_combos=args.max_combos, num_frames=args.num_frames,
-                           num_inference_steps=args.steps, noise=args.noise, noise_ratio=args.noise_ratio,
+                           num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                           noise=args.noise, noise_ratio=args.noise_ratio,
                            long_video=args.long_video)
     print(f"{'split':8} {'videos':>6} {'colour':>7} {'direction':>9} {'shape':>6} {'all':>6}")
     for split in ("seen", "heldout"):

@@ -20,8 +20,8 @@ def generation_defaults(model: str) -> dict:
 
 def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int = 4, max_combos: int | None = None,
                   batch_size: int = 8, num_frames: int = 16, num_inference_steps: int | None = None,
-                  noise: str | None = None, noise_ratio: float | None = None, long_video=None,
-                  progress: bool = True) -> dict:
+                  guidance_scale: float | None = None, noise: str | None = None,
+                  noise_ratio: float | None = None, long_video=None, progress: bool = True) -> dict:
     """Prompt adherence of a moving-shapes model, read from the generated pixels.
 
     Generates ``"a <colour> <shape> moving <direction>"`` for the training combinations (``seeds``
@@ -30,7 +30,8 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
     and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
     split uses seed ``k``, so runs are reproducible and comparable between models. ``num_frames`` and
     ``long_video`` (a :class:`videofusion.long_video.LongVideo`, or None) go to every call, e.g. 64
-    frames with and without the long-video option to measure its coherence.
+    frames with and without the long-video option to measure its coherence. ``num_inference_steps``
+    and ``guidance_scale`` default to the demo's (25 and 7.5).
     """
     import torch
     from tqdm.auto import tqdm
@@ -43,6 +44,8 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
     settings = {**DEMO_DEFAULTS, **generation_defaults(model), "num_frames": num_frames}
     if num_inference_steps is not None:
         settings["num_inference_steps"] = num_inference_steps
+    if guidance_scale is not None:
+        settings["guidance_scale"] = guidance_scale
     if noise is not None:
         settings["noise"] = noise
     if noise_ratio is not None:

@@ -102,7 +102,8 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
-    ``"start_spread"`` and ``"trail"``) for N synthetic moving-shape clips (:class:`~videofusion.training.shapes.ShapesDataset`)."""
+    ``"start_spread"`` and ``"trail"``) for N synthetic moving-shape clips
+    (:class:`~videofusion.training.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
