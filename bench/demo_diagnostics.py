@@ -1,10 +1,11 @@
 """Why a demo model does or does not follow its prompt: the three measurements in docs/demo-model.md.
 
     python bench/demo_diagnostics.py text-encoder MODEL [--scale WORD=S ...]
-    python bench/demo_diagnostics.py caption-loss MODEL [--start-spread 0.1]
-    python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1]
+    python bench/demo_diagnostics.py caption-loss MODEL [--start-spread 0.1] [--trail 0]
+    python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1] [--trail 0]
 
-MODEL is a pipeline folder (say ``videofusion/data/demo-model``).
+MODEL is a pipeline folder (say ``videofusion/data/demo-model``); ``--start-spread`` and ``--trail`` pick
+the data the model was trained on (``ShapesDataset`` options).
 
 ``text-encoder``: relative L2 distance between the text encoder's outputs (all positions, and the
 largest at one position) for "a red circle moving left" and the caption with one word changed. A word
@@ -70,9 +71,9 @@ def text_encoder(pipe: TextToVideoSDPipeline, scales: dict[str, float]) -> None:
               f"{per_position.max().item():.1%} (position {per_position.argmax().item()}) |")
 
 
-def caption_loss(pipe: TextToVideoSDPipeline, start_spread: float) -> None:
+def caption_loss(pipe: TextToVideoSDPipeline, start_spread: float, trail: int) -> None:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    data = ShapesDataset(16, seed=5, start_spread=start_spread)
+    data = ShapesDataset(16, seed=5, start_spread=start_spread, trail=trail)
     z = _latents(pipe, torch.stack([data[i]["video"] for i in range(len(data))]))
     captions = [data[i]["caption"] for i in range(len(data))]
     variants = {"true": captions, "shuffled": captions[3:] + captions[:3], "empty": [""] * len(captions)}
@@ -93,8 +94,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a * b).sum() / (a.norm() * b.norm())).item()
 
 
-def layout(pipe: TextToVideoSDPipeline, start_spread: float, draws: int = 32) -> None:
-    data = ShapesDataset(2000, seed=0, start_spread=start_spread)
+def layout(pipe: TextToVideoSDPipeline, start_spread: float, trail: int, draws: int = 32) -> None:
+    data = ShapesDataset(2000, seed=0, start_spread=start_spread, trail=trail)
     last = pipe.scheduler.config.num_train_timesteps - 1
     generator = torch.Generator().manual_seed(0)
     print("| caption | clips | static cosine | temporal cosine | temporal norm, model / data |")
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--scale", action="append", default=[], metavar="WORD=S",
                         help="text-encoder: scale WORD's token embedding by S first (repeatable)")
     parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss and layout")
+    parser.add_argument("--trail", type=int, default=0, help="data for caption-loss and layout")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -139,9 +141,9 @@ def main() -> None:
         if args.what == "text-encoder":
             text_encoder(pipe, scales)
         elif args.what == "caption-loss":
-            caption_loss(pipe, args.start_spread)
+            caption_loss(pipe, args.start_spread, args.trail)
         else:
-            layout(pipe, args.start_spread)
+            layout(pipe, args.start_spread, args.trail)
 
 
 if __name__ == "__main__":
