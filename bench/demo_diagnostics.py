@@ -2,7 +2,7 @@
 
     python bench/demo_diagnostics.py text-encoder MODEL [--scale WORD=S ...]
     python bench/demo_diagnostics.py caption-loss MODEL [--start-spread 0.1] [--trail 0]
-    python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1] [--trail 0]
+    python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1] [--trail 0] [--draws 32]
 
 MODEL is a pipeline folder (say ``videofusion/data/demo-model``); ``--start-spread`` and ``--trail`` pick
 the data the model was trained on (``ShapesDataset`` options).
@@ -126,6 +126,7 @@ def main() -> None:
                         help="text-encoder: scale WORD's token embedding by S first (repeatable)")
     parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss and layout")
     parser.add_argument("--trail", type=int, default=0, help="data for caption-loss and layout")
+    parser.add_argument("--draws", type=int, default=32, help="layout: noise draws averaged (default 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -143,7 +144,7 @@ def main() -> None:
         elif args.what == "caption-loss":
             caption_loss(pipe, args.start_spread, args.trail)
         else:
-            layout(pipe, args.start_spread, args.trail)
+            layout(pipe, args.start_spread, args.trail, args.draws)
 
 
 if __name__ == "__main__":

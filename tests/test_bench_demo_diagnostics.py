@@ -34,7 +34,7 @@ def test_caption_loss_and_layout_tables():
     losses = _run("caption-loss", str(MODEL))
     assert [row[0] for row in losses] == ["[900, 1000)", "[500, 900)", "[0, 500)"]
     assert all(0 < float(v) < 10 for row in losses for v in row[1:])
-    layout = _run("layout", str(MODEL))
+    layout = _run("layout", str(MODEL), "--draws", "4")
     assert len(layout) == 4
     for caption, clips, static, temporal, ratio in layout:
         assert int(clips) > 10 and float(ratio) >= 0, caption
