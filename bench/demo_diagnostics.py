@@ -33,7 +33,8 @@ import torch
 
 from videofusion import TextToVideoSDPipeline
 from videofusion.schedulers import DDPMScheduler
-from videofusion.training.shapes import ShapesDataset
+from videofusion.training.shapes import ShapesDataset, caption
+from videofusion.training.train import encode_clips
 
 BASE = "a red circle moving left"
 CHANGED = ("a red circle moving right", "a red circle moving up", "a blue circle moving left",
@@ -43,17 +44,7 @@ LAYOUT_CAPTIONS = ("a red circle moving left", "a blue square moving right", "a 
 
 
 def _context(pipe: TextToVideoSDPipeline, captions: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids)[0]  # (b, tokens, dim)
-
-
-def _latents(pipe: TextToVideoSDPipeline, videos: torch.Tensor) -> torch.Tensor:
-    """(b, 3, f, h, w) pixels in [-1, 1] -> (b, 4, f, h/8, w/8) scaled latents."""
-    b, c, f, h, w = videos.shape
-    frames = videos.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (b*f, 3, h, w)
-    z = pipe.vae.encode(frames).latent_dist.mode() * pipe.vae.config.scaling_factor  # (b*f, 4, h/8, w/8)
-    return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
+    return pipe.encode_prompt(captions, torch.device("cpu"), 1, False)[0]  # (b, tokens, dim)
 
 
 def text_encoder(pipe: TextToVideoSDPipeline, scales: dict[str, float]) -> None:
@@ -64,17 +55,17 @@ def text_encoder(pipe: TextToVideoSDPipeline, scales: dict[str, float]) -> None:
     base = _context(pipe, [BASE])[0]  # (tokens, dim)
     print(f"| caption (vs '{BASE}') | all positions | largest at one position |")
     print("|---|---|---|")
-    for caption in CHANGED:
-        other = _context(pipe, [caption])[0]
+    for changed in CHANGED:
+        other = _context(pipe, [changed])[0]
         per_position = (other - base).norm(dim=-1) / base.norm(dim=-1)
-        print(f"| {caption} | {((other - base).norm() / base.norm()).item():.1%} | "
+        print(f"| {changed} | {((other - base).norm() / base.norm()).item():.1%} | "
               f"{per_position.max().item():.1%} (position {per_position.argmax().item()}) |")
 
 
 def caption_loss(pipe: TextToVideoSDPipeline, start_spread: float, trail: int) -> None:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     data = ShapesDataset(16, seed=5, start_spread=start_spread, trail=trail)
-    z = _latents(pipe, torch.stack([data[i]["video"] for i in range(len(data))]))
+    z = encode_clips(pipe.vae, torch.stack([data[i]["video"] for i in range(len(data))]))
     captions = [data[i]["caption"] for i in range(len(data))]
     variants = {"true": captions, "shuffled": captions[3:] + captions[:3], "empty": [""] * len(captions)}
     generator = torch.Generator().manual_seed(0)
@@ -100,22 +91,22 @@ def layout(pipe: TextToVideoSDPipeline, start_spread: float, trail: int, draws: 
     generator = torch.Generator().manual_seed(0)
     print("| caption | clips | static cosine | temporal cosine | temporal norm, model / data |")
     print("|---|---|---|---|---|")
-    for caption in LAYOUT_CAPTIONS:
-        index = [i for i, s in enumerate(data.specs) if f"a {s.colour} {s.shape} moving {s.direction}" == caption]
-        mean_clip = _latents(pipe, torch.stack([data[i]["video"] for i in index])).mean(0)  # (4, f, h, w)
+    for text in LAYOUT_CAPTIONS:
+        index = [i for i, spec in enumerate(data.specs) if caption(spec) == text]
+        mean_clip = encode_clips(pipe.vae, torch.stack([data[i]["video"] for i in index])).mean(0)  # (4, f, h, w)
         outputs = []
         for start in range(0, draws, 8):
             n = min(8, draws - start)
             noise = torch.randn(n, *mean_clip.shape, generator=generator)  # (n, 4, f, h, w)
             outputs.append(-pipe.unet(noise, torch.full((n,), last), encoder_hidden_states=_context(
-                pipe, [caption] * n)).sample)
+                pipe, [text] * n)).sample)
         model = torch.cat(outputs).mean(0)  # (4, f, h, w)
         static_data, static_model = mean_clip.mean(1, keepdim=True), model.mean(1, keepdim=True)  # (4, 1, h, w)
         temporal_data, temporal_model = mean_clip - static_data, model - static_model
         static = _cosine(static_data - static_data.mean(), static_model - static_model.mean())
         temporal = _cosine(temporal_data, temporal_model)
         ratio = (temporal_model.norm() / temporal_data.norm()).item()
-        print(f"| {caption} | {len(index)} | {static:.2f} | {temporal:.2f} | {ratio:.2f} |")
+        print(f"| {text} | {len(index)} | {static:.2f} | {temporal:.2f} | {ratio:.2f} |")
 
 
 def main() -> None:
@@ -131,12 +122,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.draws < 1:
+        parser.error(f"--draws must be >= 1, got {args.draws}")
+    if args.trail < 0:
+        parser.error(f"--trail must be >= 0, got {args.trail}")
     scales = {}
     for item in args.scale:
         word, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--scale takes WORD=S, got {item!r}")
-        scales[word] = float(value)
+        try:
+            if not (sep and word):
+                raise ValueError(item)
+            scales[word] = float(value)
+        except ValueError:
+            parser.error(f"--scale takes WORD=S with S a number, got {item!r}")
     pipe = TextToVideoSDPipeline.from_pretrained(args.model)
     with torch.no_grad():
         if args.what == "text-encoder":

@@ -39,3 +39,14 @@ def test_caption_loss_and_layout_tables():
     for caption, clips, static, temporal, ratio in layout:
         assert int(clips) > 10 and float(ratio) >= 0, caption
         assert -1 <= float(static) <= 1 and -1 <= float(temporal) <= 1, caption
+
+
+def test_bad_arguments_fail_before_loading_the_model(tmp_path):
+    script = str(ROOT / "bench" / "demo_diagnostics.py")
+    for args, message in ((["layout", "--draws", "0"], "--draws must be >= 1"),
+                          (["layout", "--trail", "-1"], "--trail must be >= 0"),
+                          (["text-encoder", "--scale", "left=x"], "--scale takes WORD=S")):
+        # the model folder does not exist: the argument error must come first
+        result = subprocess.run([sys.executable, script, args[0], str(tmp_path / "missing"), *args[1:]],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

@@ -267,7 +267,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Map-style dataset of ``n`` synthetic clips rendered on the fly (nothing stored on disk).
 
     Item ``i`` is ``{"video": float32 tensor (3, num_frames, height, width) in [-1, 1],
-    "caption": str}``, a pure function of ``(seed, i, split)`` and the geometry; ``specs[i]`` is
+    "caption": str}``, a pure function of ``(seed, i, split, start_spread)``, the geometry and
+    ``trail`` (see :func:`render_clip`); ``specs[i]`` is
     its :class:`ShapeSpec`. Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
     """
 

@@ -180,6 +180,16 @@ def save_loss_curve(losses: list[float], path: Path, title: str = "training loss
     os.replace(tmp, path)
 
 
+def encode_clips(vae, clips: torch.Tensor) -> torch.Tensor:
+    """Clips ``(b, 3, f, h, w)`` in [-1, 1] -> scaled posterior-mean latents ``(b, 4, f, h/8, w/8)``
+    (no gradient): what the UNet is trained to denoise."""
+    b, c, f, h, w = clips.shape
+    frames = clips.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (b*f, 3, h, w)
+    with torch.no_grad():
+        z = vae.encode(frames).latent_dist.mode() * vae.config.scaling_factor  # (b*f, 4, h/8, w/8)
+    return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,17 +273,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
 
     latent_cache: dict[int, torch.Tensor] = {}
-    scaling = vae.config.scaling_factor
 
     def latents_of(indices: list[int], videos: torch.Tensor) -> torch.Tensor:
         missing = [i for i in indices if i not in latent_cache] if config.cache_latents else indices
         if missing:
             clips = videos if not config.cache_latents else torch.stack([dataset[i]["video"] for i in missing])
-            b, c, f, h, w = clips.shape
-            frames = clips.to(device).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (b*f, 3, h, w)
-            with torch.no_grad():
-                z = vae.encode(frames).latent_dist.mode() * scaling  # (b*f, 4, h/8, w/8)
-            z = z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
+            z = encode_clips(vae, clips.to(device))  # (b, 4, f, h/8, w/8)
             if not config.cache_latents:
                 return z
             for i, zi in zip(missing, z):
