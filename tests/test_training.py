@@ -175,6 +175,13 @@ def test_autoencoder_training_and_scaling_factor():
                                progress=False)
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert fit_scaling_factor(vae, data, num_clips=4) > 0
+    # the shape's pixels weighted 10x: a different loss from the same seeded draws
+    torch.manual_seed(0)
+    weighted = train_autoencoder(AutoencoderKL(**TINY_VAE), data, steps=2, clips_per_step=2, frames_per_clip=2,
+                                 progress=False, foreground_weight=10.0)
+    assert weighted[0] != pytest.approx(losses[0], rel=1e-3)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        train_autoencoder(vae, data, steps=1, foreground_weight=0.5)
 
 
 def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_path):
@@ -196,4 +203,21 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
     assert gaps[1] > 1.0 > 0.5 > gaps[0]  # scaled: the two words come out nearly orthogonal
     with pytest.raises(ValueError, match="token_embedding_scale"):
         init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, token_embedding_scale=0)
+    assert not (tmp_path / "bad").exists()  # rejected before anything is written
+
+
+def test_init_demo_vae_downsample_8_gives_8x8_latents(tmp_path):
+    from videofusion import TextToVideoSDPipeline
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.training.demo_recipe import init_demo_pipeline
+    out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False, vae_downsample=8)
+    pipe = TextToVideoSDPipeline.from_pretrained(str(out))
+    assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 8
+    with torch.no_grad():
+        z = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
+    assert z.shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match="vae_downsample"):
+        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=2)
+    with pytest.raises(ValueError, match="vae_from"):  # a 4x VAE does not fit the 8x recipe
+        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=8)
     assert not (tmp_path / "bad").exists()  # rejected before anything is written

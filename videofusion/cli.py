@@ -166,6 +166,8 @@ def add_training(sub) -> None:
                    help="reuse the trained vae/ of this pipeline folder instead of training one")
     p.add_argument("--token-embedding-scale", type=float, default=1.0,
                    help="multiply the random text encoder's token embeddings (default 1; 50 keeps words apart)")
+    p.add_argument("--vae-downsample", type=int, default=4, choices=(4, 8),
+                   help="pixels per latent each way: 4 (16x16 latents, default) or 8 (8x8, a quarter of the work)")
     p.set_defaults(run=run_init_demo)
 
 
@@ -186,7 +188,8 @@ def run_train(args) -> int:
 def run_init_demo(args) -> int:
     from .training.demo_recipe import init_demo_pipeline
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
-                             vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale))
+                             vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale,
+                             vae_downsample=args.vae_downsample))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Loss (as in the latent-diffusion autoencoders, Rombach et al. 2022, without the adversarial and
 perceptual terms): ``|x - D(z)|_1 + |x - D(z)|_2^2 + kl_weight * KL(q(z|x) || N(0, I))``, with ``z``
-sampled from the posterior. Afterwards :func:`fit_scaling_factor` sets ``scaling_factor`` to
+sampled from the posterior. With ``foreground_weight`` w > 1 the pixel terms are weighted means, w on
+pixels that differ from the frame's top-left pixel (the plain background of the synthetic clips) and 1
+elsewhere: a small shape's colour then counts for more than the background it sits on. Afterwards :func:`fit_scaling_factor` sets ``scaling_factor`` to
 ``1 / std(z)`` so the diffusion model sees unit-variance latents.
 """
 from __future__ import annotations
@@ -21,11 +23,13 @@ def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generato
 
 def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, frames_per_clip: int = 4,
                       learning_rate: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
-                      progress: bool = True) -> list[float]:
+                      progress: bool = True, foreground_weight: float = 1.0) -> list[float]:
     """Train ``vae`` in place on random frames of ``dataset`` (items ``{"video": (3, f, h, w)}``) and
     return the loss per step. Deterministic for a given ``seed``."""
     if steps < 1 or clips_per_step < 1 or frames_per_clip < 1:
         raise ValueError("steps, clips_per_step and frames_per_clip: must be >= 1")
+    if not foreground_weight >= 1.0:
+        raise ValueError(f"foreground_weight: must be >= 1, got {foreground_weight}")
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=learning_rate * 0.05)
@@ -38,7 +42,10 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
-        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + kl_weight * kl
+        error = recon - x
+        weight = 1.0 + (foreground_weight - 1.0) * ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.1)
+        weight = weight / weight.mean()  # (n, 1, h, w): 1 everywhere when foreground_weight is 1
+        loss = (weight * error.abs()).mean() + (weight * error.pow(2)).mean() + kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
