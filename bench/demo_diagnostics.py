@@ -1,8 +1,9 @@
-"""Why a demo model does or does not follow its prompt: the three measurements in docs/demo-model.md.
+"""Why a demo model does or does not follow its prompt: the measurements in docs/demo-model.md.
 
     python bench/demo_diagnostics.py text-encoder MODEL [--scale WORD=S ...]
     python bench/demo_diagnostics.py caption-loss MODEL [--start-spread 0.1] [--trail 0]
     python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1] [--trail 0] [--draws 32]
+    python bench/demo_diagnostics.py vae MODEL [--clips 100]
 
 MODEL is a pipeline folder (say ``videofusion/data/demo-model``); ``--start-spread`` and ``--trail`` pick
 the data the model was trained on (``ShapesDataset`` options).
@@ -23,6 +24,10 @@ part (what is left); the script prints the cosine similarity and norm ratio of e
 has learned where a "moving left" shape is at each frame has a temporal cosine near 1; one that cannot
 tell its frames apart outputs the same frame 16 times (temporal cosine near 0, ratio near 0).
 
+``vae``: the evaluator (:mod:`videofusion.evaluation`) on the VAE's reconstructions of ``--clips``
+rendered clips (``ShapesDataset`` seed 123, uniform starts): the ceiling the VAE puts on the scores of
+any UNet trained in its latent space.
+
 Everything runs on the CPU in well under a minute; numbers are deterministic for a given model.
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import torch
 
 from videofusion import TextToVideoSDPipeline
+from videofusion.evaluation import score_clip, summarise
 from videofusion.schedulers import DDPMScheduler
 from videofusion.training.shapes import ShapesDataset, caption
 from videofusion.training.train import encode_clips
@@ -109,21 +115,39 @@ def layout(pipe: TextToVideoSDPipeline, start_spread: float, trail: int, draws: 
         print(f"| {text} | {len(index)} | {static:.2f} | {temporal:.2f} | {ratio:.2f} |")
 
 
+def vae(pipe: TextToVideoSDPipeline, clips: int) -> None:
+    data = ShapesDataset(clips, seed=123, num_frames=16, height=64, width=64)
+    results = []
+    for i in range(clips):
+        item = data[i]
+        frames = item["video"].permute(1, 0, 2, 3)  # (f, 3, h, w) in [-1, 1]
+        decoded = pipe.vae.decode(pipe.vae.encode(frames).latent_dist.mode()).sample.clamp(-1, 1)
+        pixels = ((decoded.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # (f, h, w, 3)
+        results.append(score_clip(pixels, item["caption"]))
+    summary = summarise(results)
+    print("| clips | colour | direction | shape |")
+    print("|---|---|---|---|")
+    print(f"| {summary['n']} | {summary['colour']:.1%} | {summary['direction']:.1%} | {summary['shape']:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("text-encoder", "caption-loss", "layout"))
+    parser.add_argument("what", choices=("text-encoder", "caption-loss", "layout", "vae"))
     parser.add_argument("model", help="pipeline folder")
     parser.add_argument("--scale", action="append", default=[], metavar="WORD=S",
                         help="text-encoder: scale WORD's token embedding by S first (repeatable)")
     parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss and layout")
     parser.add_argument("--trail", type=int, default=0, help="data for caption-loss and layout")
     parser.add_argument("--draws", type=int, default=32, help="layout: noise draws averaged (default 32)")
+    parser.add_argument("--clips", type=int, default=100, help="vae: rendered clips reconstructed (default 100)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.draws < 1:
         parser.error(f"--draws must be >= 1, got {args.draws}")
+    if args.clips < 1:
+        parser.error(f"--clips must be >= 1, got {args.clips}")
     if args.trail < 0:
         parser.error(f"--trail must be >= 0, got {args.trail}")
     scales = {}
@@ -139,6 +163,8 @@ def main() -> None:
     with torch.no_grad():
         if args.what == "text-encoder":
             text_encoder(pipe, scales)
+        elif args.what == "vae":
+            vae(pipe, args.clips)
         elif args.what == "caption-loss":
             caption_loss(pipe, args.start_spread, args.trail)
         else:

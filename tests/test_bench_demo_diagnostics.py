@@ -41,10 +41,17 @@ def test_caption_loss_and_layout_tables():
         assert -1 <= float(static) <= 1 and -1 <= float(temporal) <= 1, caption
 
 
+def test_vae_reconstructions_read_back_correctly():
+    (row,) = _run("vae", str(MODEL), "--clips", "6")
+    assert row[0] == "6"
+    assert _percent(row[1]) == 100.0 and _percent(row[2]) == 100.0  # the shipped VAE keeps colour and motion
+
+
 def test_bad_arguments_fail_before_loading_the_model(tmp_path):
     script = str(ROOT / "bench" / "demo_diagnostics.py")
     for args, message in ((["layout", "--draws", "0"], "--draws must be >= 1"),
                           (["layout", "--trail", "-1"], "--trail must be >= 0"),
+                          (["vae", "--clips", "0"], "--clips must be >= 1"),
                           (["text-encoder", "--scale", "left=x"], "--scale takes WORD=S")):
         # the model folder does not exist: the argument error must come first
         result = subprocess.run([sys.executable, script, args[0], str(tmp_path / "missing"), *args[1:]],
