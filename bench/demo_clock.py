@@ -1,14 +1,16 @@
 """Experiment, not a shippable model: does a frame clock let the demo UNet learn motion direction?
 
-    python bench/demo_clock.py train CONFIG --unet-from FOLDER --output-dir OUT [--steps N] [--threads T]
-    python bench/demo_clock.py score OUT --model FOLDER [--seeds 1 --heldout-seeds 1 --max-combos 16]
+    python bench/demo_clock.py train CONFIG --unet-from FOLDER --output-dir OUT [--init zeros|sinusoidal]
+                                     [--steps N] [--threads T]
+    python bench/demo_clock.py score OUT --model FOLDER [--init zeros|sinusoidal] [--seeds 1 ...]
 
 docs/demo-model.md explains why the demo UNet might never learn direction: at t = T its frames get
 i.i.d. noise and the UNet3D's temporal layers have no position embedding, so only the temporal convs'
 zero padding tells frame 3 from frame 12, and ``demo_diagnostics.py layout`` finds no frame-dependent
-output. This script tests that explanation. It adds a learned table ``(num_frames, channels)``,
-zero-initialised (so training starts from exactly the given UNet), to the output of ``conv_in``, one
-row per frame, and trains as ``videofusion train`` does. Compare with the same run without the table
+output. This script tests that explanation. It adds a learned table ``(num_frames, channels)`` to the
+output of ``conv_in``, one row per frame, and trains as ``videofusion train`` does. ``--init zeros``
+(default) starts from exactly the given UNet; ``--init sinusoidal`` starts the table at the transformer's
+sinusoidal position code (values in [-1, 1]), a clock the UNet can read from the first step. Compare with the same run without the table
 (``videofusion train CONFIG --unet-from FOLDER``).
 
 The table is not part of the diffusers UNet3D layout. A model trained with it cannot be loaded by
@@ -26,12 +28,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+INITS = ("zeros", "sinusoidal")
 
-def add_frame_clock(unet, num_frames: int) -> torch.nn.Parameter:
-    """Register ``conv_in.frame_clock`` (zeros, ``(num_frames, channels)``) and add row ``k`` to frame
-    ``k`` of ``conv_in``'s output. Returns the table."""
+
+def sinusoidal_code(num_frames: int, channels: int) -> torch.Tensor:
+    """``(num_frames, channels)``: sin and cos of ``k / 10000 ** (2 i / channels)`` (Vaswani et al. 2017)."""
+    k = torch.arange(num_frames, dtype=torch.float32)[:, None]  # (f, 1)
+    rates = 10000.0 ** (-torch.arange(0, channels, 2, dtype=torch.float32) / channels)  # (c/2,)
+    code = torch.zeros(num_frames, channels)
+    code[:, 0::2], code[:, 1::2] = torch.sin(k * rates), torch.cos(k * rates)
+    return code
+
+
+def add_frame_clock(unet, num_frames: int, init: str = "zeros") -> torch.nn.Parameter:
+    """Register ``conv_in.frame_clock`` (``(num_frames, channels)``, zeros or :func:`sinusoidal_code`)
+    and add row ``k`` to frame ``k`` of ``conv_in``'s output. Returns the table."""
     conv_in = unet.conv_in
-    table = torch.nn.Parameter(torch.zeros(num_frames, conv_in.out_channels))
+    if init not in INITS:
+        raise ValueError(f"init: must be one of {INITS}, got {init!r}")
+    start = torch.zeros(num_frames, conv_in.out_channels)
+    if init == "sinusoidal":
+        start = sinusoidal_code(num_frames, conv_in.out_channels)
+    table = torch.nn.Parameter(start)
     conv_in.register_parameter("frame_clock", table)
 
     def hook(module, inputs, output):  # output: (b*f, c, h, w)
@@ -55,7 +73,7 @@ def run_train(args) -> None:
 
     def load_and_clock(unet, folder):  # train() calls this before it builds the optimizer and the EMA
         load(unet, folder)
-        add_frame_clock(unet, config.num_frames)
+        add_frame_clock(unet, config.num_frames, args.init)
 
     train_module._load_unet_weights = load_and_clock
     summary = train(config)
@@ -69,7 +87,7 @@ def run_score(args) -> None:
     from videofusion.demo import evaluate_demo
 
     pipe = TextToVideoSDPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
-    add_frame_clock(pipe.unet, 16)
+    add_frame_clock(pipe.unet, 16, args.init)
     state = torch.load(Path(args.run) / "checkpoint.pt", map_location="cpu", weights_only=True)
     params = list(pipe.unet.parameters())
     if len(params) != len(state["ema"]):
@@ -94,12 +112,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("train")
+    p.add_argument("--init", choices=INITS, default="zeros", help="the clock table's start (default zeros)")
     p.add_argument("config")
     p.add_argument("--unet-from", required=True, help="pipeline folder whose UNet starts training")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p = sub.add_parser("score")
+    p.add_argument("--init", choices=INITS, default="zeros", help="as in train (the EMA overwrites it)")
     p.add_argument("run", help="the output folder of a `train` run")
     p.add_argument("--model", required=True, help="the pipeline folder the run started from (--unet-from)")
     p.add_argument("--seeds", type=int, default=1)

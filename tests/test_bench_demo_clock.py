@@ -37,3 +37,15 @@ def test_frame_clock_is_a_no_op_at_zero_and_breaks_frame_symmetry():
     assert (after[:, :, 1] - after[:, :, 2]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="frame clock"):
         unet(torch.randn(1, 4, 3, 8, 8), torch.tensor([1]), encoder_hidden_states=context)
+
+
+def test_sinusoidal_start_and_bad_init():
+    module = _clock_module()
+    unet = UNet3DConditionModel(**TINY_UNET)
+    table = module.add_frame_clock(unet, num_frames=4, init="sinusoidal")
+    channels = unet.conv_in.out_channels
+    assert table.shape == (4, channels)
+    torch.testing.assert_close(table[0], torch.tensor([0.0, 1.0] * (channels // 2)))  # sin 0, cos 0
+    assert len({tuple(row.tolist()) for row in table}) == 4  # every frame its own code
+    with pytest.raises(ValueError, match="init"):
+        module.add_frame_clock(UNet3DConditionModel(**TINY_UNET), num_frames=4, init="ramp")
