@@ -2,16 +2,16 @@
 
     python bench/demo_clock.py train CONFIG --unet-from FOLDER --output-dir OUT [--init zeros|sinusoidal]
                                      [--steps N] [--threads T]
-    python bench/demo_clock.py score OUT --model FOLDER [--init zeros|sinusoidal] [--seeds 1 ...]
+    python bench/demo_clock.py score OUT --model FOLDER [--seeds 1 --heldout-seeds 1 --max-combos 16]
 
 docs/demo-model.md explains why the demo UNet might never learn direction: at t = T its frames get
 i.i.d. noise and the UNet3D's temporal layers have no position embedding, so only the temporal convs'
 zero padding tells frame 3 from frame 12, and ``demo_diagnostics.py layout`` finds no frame-dependent
 output. This script tests that explanation. It adds a learned table ``(num_frames, channels)`` to the
 output of ``conv_in``, one row per frame, and trains as ``videofusion train`` does. ``--init zeros``
-(default) starts from exactly the given UNet; ``--init sinusoidal`` starts the table at the transformer's
-sinusoidal position code (values in [-1, 1]), a clock the UNet can read from the first step. Compare with the same run without the table
-(``videofusion train CONFIG --unet-from FOLDER``).
+(default) starts from exactly the given UNet; ``--init sinusoidal`` starts the table at the
+transformer's sinusoidal position code (values in [-1, 1]), a clock the UNet can read from the first
+step. Compare with the same run without the table (``videofusion train CONFIG --unet-from FOLDER``).
 
 The table is not part of the diffusers UNet3D layout. A model trained with it cannot be loaded by
 diffusers or by ``videofusion generate``, so ``score`` rebuilds the pipeline here: it loads the
@@ -86,9 +86,9 @@ def run_score(args) -> None:
     from videofusion import TextToVideoSDPipeline, pipelines
     from videofusion.demo import evaluate_demo
 
-    pipe = TextToVideoSDPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
-    add_frame_clock(pipe.unet, 16, args.init)
     state = torch.load(Path(args.run) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    pipe = TextToVideoSDPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    add_frame_clock(pipe.unet, state["config"]["num_frames"])  # its start does not matter: the EMA replaces it
     params = list(pipe.unet.parameters())
     if len(params) != len(state["ema"]):
         raise ValueError(f"{args.run}: the checkpoint's EMA has {len(state['ema'])} tensors, the clocked UNet "
@@ -119,7 +119,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p = sub.add_parser("score")
-    p.add_argument("--init", choices=INITS, default="zeros", help="as in train (the EMA overwrites it)")
     p.add_argument("run", help="the output folder of a `train` run")
     p.add_argument("--model", required=True, help="the pipeline folder the run started from (--unet-from)")
     p.add_argument("--seeds", type=int, default=1)

@@ -4,8 +4,9 @@ Loss (as in the latent-diffusion autoencoders, Rombach et al. 2022, without the 
 perceptual terms): ``|x - D(z)|_1 + |x - D(z)|_2^2 + kl_weight * KL(q(z|x) || N(0, I))``, with ``z``
 sampled from the posterior. With ``foreground_weight`` w > 1 the pixel terms are weighted means, w on
 pixels that differ from the frame's top-left pixel (the plain background of the synthetic clips) and 1
-elsewhere: a small shape's colour then counts for more than the background it sits on. Afterwards :func:`fit_scaling_factor` sets ``scaling_factor`` to
-``1 / std(z)`` so the diffusion model sees unit-variance latents.
+elsewhere: a small shape's colour then counts for more than the background it sits on. Afterwards
+:func:`fit_scaling_factor` sets ``scaling_factor`` to ``1 / std(z)`` so the diffusion model sees
+unit-variance latents.
 """
 from __future__ import annotations
 

@@ -103,10 +103,10 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     with torch.no_grad():
         text_encoder.get_input_embeddings().weight.mul_(token_embedding_scale)
     unet = UNet3DConditionModel(**{**UNET, "sample_size": SIZE // vae_downsample})
-    vae = AutoencoderKL(**vae_config)
-    if vae_from is not None:
+    if reused_vae is not None:
         vae = reused_vae
     else:
+        vae = AutoencoderKL(**vae_config)
         frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
         train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress,
                           foreground_weight=FOREGROUND_WEIGHT[vae_downsample])
