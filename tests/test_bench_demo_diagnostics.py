@@ -57,3 +57,13 @@ def test_bad_arguments_fail_before_loading_the_model(tmp_path):
         result = subprocess.run([sys.executable, script, args[0], str(tmp_path / "missing"), *args[1:]],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_latent_colours_names_each_colours_nearest_neighbour():
+    from videofusion.training.shapes import COLOURS
+    rows = _run("latent-colours", str(MODEL))
+    assert [row[0] for row in rows] == list(COLOURS)
+    for colour, nearest, latent, pixels in rows:
+        assert nearest in COLOURS and nearest != colour and float(latent) > 0 and float(pixels) > 0
+    nearest = {row[0]: row[1] for row in rows}
+    assert nearest["blue"] == "magenta" and nearest["magenta"] == "blue"  # the shipped model's colour mix-ups

@@ -221,3 +221,51 @@ def test_init_demo_vae_downsample_8_gives_8x8_latents(tmp_path):
     with pytest.raises(ValueError, match="vae_from"):  # a 4x VAE does not fit the 8x recipe
         init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=8)
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
+
+
+def test_foreground_coverage_is_the_shapes_share_of_each_latent_pixel():
+    from videofusion.training.shapes import ShapeSpec, coverage, render_clip, trajectory
+    from videofusion.training.train import foreground_coverage
+    spec = ShapeSpec("red", "square", "right", size="large")
+    clip = torch.from_numpy(render_clip(spec, 4, 32, 32)).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+    cover = foreground_coverage(clip, (4, 4))  # (1, 1, 4, 4, 4)
+    assert cover.shape == (1, 1, 4, 4, 4) and 0 <= cover.min() and cover.max() <= 1
+    for f, (cx, cy) in enumerate(trajectory(spec, 4, 32, 32)):
+        area = coverage("square", cx, cy, 0.36 * 32, 32, 32)
+        masked = cover[0, 0, f].sum().item() * 64  # 8x8 pixels per latent cell
+        assert area.sum() <= masked <= 1.3 * area.sum()  # antialiased edge pixels count whole
+    assert cover[0, 0, 0, :, 3].max() == 0  # the square starts on the left: the right column is background
+
+
+def test_foreground_weight_changes_the_loss_and_resumes_exactly(tiny_pipeline_dir, tmp_path):
+    kw = dict(foreground_weight=10.0, cache_latents=True)
+    straight = train(config(tiny_pipeline_dir, tmp_path / "straight", **kw), progress=False)
+    train(config(tiny_pipeline_dir, tmp_path / "resumed", steps=2, **kw), progress=False)
+    resumed = train(config(tiny_pipeline_dir, tmp_path / "resumed", **kw), progress=False)
+    a, b = unet_state(tmp_path / "straight" / "model"), unet_state(tmp_path / "resumed" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = train(config(tiny_pipeline_dir, tmp_path / "plain", steps=1, cache_latents=True), progress=False)
+    weighted = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["losses"][0]
+    assert weighted != pytest.approx(plain["final_loss_avg50"], rel=1e-3)  # same batch, other weights
+    assert resumed["final_loss_avg50"] == straight["final_loss_avg50"]
+    with pytest.raises(ValueError, match="foreground_weight"):
+        TrainConfig(model="m", output_dir="o", data="d", foreground_weight=0.5)
+
+
+def test_weighted_mse_splits_the_error_into_static_and_temporal_parts():
+    from videofusion.training.train import weighted_mse
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 6, 3, 3, generator=g), torch.randn(2, 4, 6, 3, 3, generator=g)
+    plain = torch.nn.functional.mse_loss(pred, target)
+    assert torch.allclose(weighted_mse(pred, target, 1.0, torch.ones(2, 1, 6, 3, 3)), plain)  # orthogonal parts
+    static = target + torch.randn(2, 4, 1, 3, 3, generator=g)  # an error constant over the frames
+    assert torch.allclose(weighted_mse(static, target, 5.0), weighted_mse(static, target, 1.0))
+    moving = target + torch.randn(2, 4, 6, 3, 3, generator=g)
+    moving = moving - (moving - target).mean(2, keepdim=True)  # an error with no static part
+    assert torch.allclose(weighted_mse(moving, target, 5.0), 5 * weighted_mse(moving, target, 1.0))
+    weight = torch.ones(2, 1, 6, 3, 3)
+    weight[0] = 3.0  # the first clip's elements count three times the second's; scaled to mean 1
+    each = ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
+    assert torch.allclose(weighted_mse(pred, target, 1.0, weight), (1.5 * each[0] + 0.5 * each[1]) / 2)
+    with pytest.raises(ValueError, match="temporal_weight"):
+        TrainConfig(model="m", output_dir="o", data="d", temporal_weight=0)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .data import foreground_mask
+
 
 def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generator) -> torch.Tensor:
     clips = torch.stack([dataset[i]["video"] for i in indices])  # (b, 3, f, h, w)
@@ -44,7 +46,7 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         recon = vae.decode(posterior.sample(generator=g)).sample
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
         error = recon - x
-        weight = 1.0 + (foreground_weight - 1.0) * ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.1)
+        weight = 1.0 + (foreground_weight - 1.0) * foreground_mask(x)
         weight = weight / weight.mean()  # (n, 1, h, w): 1 everywhere when foreground_weight is 1
         loss = (weight * error.abs()).mean() + (weight * error.pow(2)).mean() + kl_weight * kl
         loss.backward()
@@ -65,3 +67,4 @@ def fit_scaling_factor(vae, dataset, num_clips: int = 32, seed: int = 0) -> floa
     indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
     x = _frames(dataset, indices, 4, g)
     return float(1.0 / vae.encode(x).latent_dist.mode().std())
+

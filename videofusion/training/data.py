@@ -100,6 +100,13 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         return {"video": video, "caption": text}
 
 
+def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """Pixels that differ from their frame's top-left pixel by more than ``threshold`` in some channel:
+    the shape on the plain background of synthetic clips. ``(..., 3, h, w)`` in [-1, 1] -> bool
+    ``(..., 1, h, w)``. Meaningful only for plain-background data (not for natural videos)."""
+    return (frames - frames[..., :1, :1]).abs().amax(-3, keepdim=True) > threshold
+
+
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
     ``"start_spread"`` and ``"trail"``) for N synthetic moving-shape clips

@@ -54,6 +54,12 @@ class TrainConfig:
     caption_dropout: float = 0.1     # probability of training on the empty caption
     timestep_power: float = 1.0      # t = floor(T * (1 - u**p)), u uniform: 1 = uniform t; p > 1 favours high
     #   noise, where the prompt decides the layout and motion (p = 2 puts 39% of clips in the noisiest 15%)
+    foreground_weight: float = 1.0   # w > 1: in the MSE, a latent pixel weighs 1 + (w - 1) * (the share of its
+    #   pixels that differ from their frame's top-left pixel: the shape, on plain-background data only), the
+    #   weights scaled to mean 1 per batch; 1 = the plain MSE
+    temporal_weight: float = 1.0     # the error splits into its mean over frames (static) and the rest
+    #   (temporal: what differs between frames, i.e. the motion); the loss is |static|^2 + w * |temporal|^2,
+    #   so w > 1 makes motion errors cost more; 1 = the plain MSE
     train_text_encoder: bool = False
     mixed_precision: str = "no"      # "no", "bf16" (CPU or CUDA), "fp16" (CUDA)
     gradient_checkpointing: bool = False
@@ -82,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+        if not self.foreground_weight >= 1.0:
+            raise ValueError(f"foreground_weight: must be >= 1, got {self.foreground_weight}")
+        if not self.temporal_weight > 0:
+            raise ValueError(f"temporal_weight: must be > 0, got {self.temporal_weight}")
         if not self.timestep_power > 0:
             raise ValueError(f"timestep_power: must be > 0, got {self.timestep_power}")
         if self.learning_rate <= 0:
@@ -190,6 +200,32 @@ def encode_clips(vae, clips: torch.Tensor) -> torch.Tensor:
     return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, temporal_weight: float = 1.0,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of ``(b, c, f, h, w)`` predictions, with the error split over frames into its static part (the
+    mean over ``f``) and its temporal part (the rest): ``|static|^2 + temporal_weight * |temporal|^2``,
+    the two being orthogonal, so ``temporal_weight`` 1 is the plain MSE. ``weight`` (broadcast to the
+    error, e.g. ``(b, 1, f, h, w)``) is scaled to mean 1 and weights each element."""
+    if temporal_weight == 1.0 and weight is None:
+        return torch.nn.functional.mse_loss(pred, target)
+    error = pred - target
+    static = error.mean(2, keepdim=True)  # (b, c, 1, h, w)
+    squared = static.pow(2) + temporal_weight * (error - static).pow(2)  # (b, c, f, h, w)
+    if weight is not None:
+        squared = weight / weight.mean() * squared
+    return squared.mean()
+
+
+def foreground_coverage(clips: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Share of each latent pixel's pixels that are foreground (:func:`~.data.foreground_mask`):
+    clips ``(b, 3, f, h, w)`` in [-1, 1] -> ``(b, 1, f, h', w')`` in [0, 1]."""
+    from .data import foreground_mask
+    b, c, f, h, w = clips.shape
+    mask = foreground_mask(clips.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # (b*f, 1, h, w)
+    cover = torch.nn.functional.adaptive_avg_pool2d(mask.float(), tuple(latent_size))  # (b*f, 1, h', w')
+    return cover.reshape(b, f, 1, *cover.shape[-2:]).permute(0, 2, 1, 3, 4)  # (b, 1, f, h', w')
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -272,18 +308,25 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
                 s.copy_(saved)
         start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
 
-    latent_cache: dict[int, torch.Tensor] = {}
+    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    weighted = config.foreground_weight > 1.0
 
-    def latents_of(indices: list[int], videos: torch.Tensor) -> torch.Tensor:
-        missing = [i for i in indices if i not in latent_cache] if config.cache_latents else indices
+    def encode(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = encode_clips(vae, clips.to(device))  # (b, 4, f, h', w')
+        return z, (foreground_coverage(clips, z.shape[-2:]).to(device) if weighted else None)
+
+    def latents_of(indices: list[int], videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents (b, 4, f, h', w') of the clips, and their foreground coverage (b, 1, f, h', w') when
+        the loss is weighted (else None)."""
+        if not config.cache_latents:
+            return encode(videos)
+        missing = [i for i in indices if i not in latent_cache]
         if missing:
-            clips = videos if not config.cache_latents else torch.stack([dataset[i]["video"] for i in missing])
-            z = encode_clips(vae, clips.to(device))  # (b, 4, f, h/8, w/8)
-            if not config.cache_latents:
-                return z
-            for i, zi in zip(missing, z):
-                latent_cache[i] = zi.cpu()
-        return torch.stack([latent_cache[i] for i in indices]).to(device)
+            z, cover = encode(torch.stack([dataset[i]["video"] for i in missing]))
+            for k, i in enumerate(missing):
+                latent_cache[i] = (z[k].cpu(), cover[k].cpu() if weighted else None)
+        z = torch.stack([latent_cache[i][0] for i in indices]).to(device)
+        return z, (torch.stack([latent_cache[i][1] for i in indices]).to(device) if weighted else None)
 
     def save_checkpoint(step: int) -> None:
         state = {"step": step, "losses": losses, "elapsed": elapsed, "unet": unet.state_dict(),
@@ -304,7 +347,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).tolist()
         captions = ["" if d else all_captions[i] for i, d in zip(indices, drop)]
         videos = None if config.cache_latents else torch.stack([dataset[i]["video"] for i in indices])
-        z0 = latents_of(indices, videos)  # (b, 4, f, h, w)
+        z0, cover = latents_of(indices, videos)  # (b, 4, f, h, w), (b, 1, f, h, w) or None
         noise = initial_latents(z0.shape, g, device, z0.dtype,
                                 noise="decomposed" if config.noise_ratio > 0 else "independent",
                                 noise_ratio=config.noise_ratio)
@@ -318,7 +361,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
             with torch.set_grad_enabled(config.train_text_encoder):
                 context = text_encoder(ids)[0]
             pred = unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss = weighted_mse(pred.float(), target.float(), config.temporal_weight,
+                            None if cover is None else 1.0 + (config.foreground_weight - 1.0) * cover)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
