@@ -5,6 +5,7 @@
     python bench/demo_diagnostics.py layout MODEL [--start-spread 0.1] [--trail 0] [--draws 32]
     python bench/demo_diagnostics.py vae MODEL [--clips 100]
     python bench/demo_diagnostics.py latent-colours MODEL
+    python bench/demo_diagnostics.py classify MODEL [--word colour|direction|shape] [--clips 24] [--start-spread 0.1]
 
 MODEL is a pipeline folder (say ``videofusion/data/demo-model``); ``--start-spread`` and ``--trail`` pick
 the data the model was trained on (``ShapesDataset`` options).
@@ -35,6 +36,14 @@ next to their distance in pixels (RGB in [0, 1], summed over the frame). The dif
 with an MSE in latent space, so two colours whose latents are close cost little to confuse, however far
 apart they look.
 
+``classify``: the model as a diffusion classifier (Li et al. 2023, "Your Diffusion Model is Secretly a
+Zero-Shot Classifier"). For each of ``--clips`` rendered clips (``ShapesDataset`` seed 11), the caption's
+``--word`` (colour, direction or shape) is swapped for every word of its kind; at each of four timesteps,
+the caption with the lowest v-prediction loss (two noise draws, shared by the captions) is the model's
+pick. Accuracy per timestep says at which noise levels the model reads that word: a model that reads the
+colour at t = 500 but not at t = 950 knows colours, but cannot set them in the first sampling steps, where
+a video's colours are decided.
+
 Everything runs on the CPU in well under a minute; numbers are deterministic for a given model.
 """
 from __future__ import annotations
@@ -46,7 +55,8 @@ import torch
 from videofusion import TextToVideoSDPipeline
 from videofusion.evaluation import score_clip, summarise
 from videofusion.schedulers import DDPMScheduler
-from videofusion.training.shapes import COLOURS, ShapesDataset, ShapeSpec, caption, render_clip
+from videofusion.training.shapes import (COLOURS, DIRECTIONS, SHAPES, ShapesDataset, ShapeSpec, caption,
+                                         render_clip)
 from videofusion.training.train import encode_clips
 
 BASE = "a red circle moving left"
@@ -151,24 +161,59 @@ def latent_colours(pipe: TextToVideoSDPipeline) -> None:
         print(f"| {colour} | {nearest} | {others[nearest]:.2f} | {pixels:.2f} |")
 
 
+CLASSIFY_TIMESTEPS = (200, 500, 800, 950)
+WORDS = {"colour": tuple(COLOURS), "direction": DIRECTIONS, "shape": SHAPES}
+
+
+def classify(pipe: TextToVideoSDPipeline, word: str, clips: int, start_spread: float) -> None:
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    data = ShapesDataset(clips, seed=11, start_spread=start_spread)
+    choices = WORDS[word]
+    generator = torch.Generator().manual_seed(0)
+    correct = {t: 0 for t in CLASSIFY_TIMESTEPS}
+    for i in range(clips):
+        spec = data.specs[i]
+        true = getattr(spec, word)
+        z = encode_clips(pipe.vae, data[i]["video"][None])  # (1, 4, f, h, w)
+        words = caption(spec).split(" ")
+        captions = [" ".join(other if w == true else w for w in words) for other in choices]
+        context = _context(pipe, captions)  # (len(choices), tokens, dim)
+        for t in CLASSIFY_TIMESTEPS:
+            timestep = torch.full((len(choices),), t)
+            loss = torch.zeros(len(choices))
+            for _ in range(2):
+                noise = torch.randn(z.shape, generator=generator).expand(len(choices), -1, -1, -1, -1)
+                batch = z.expand(len(choices), -1, -1, -1, -1)
+                noisy, target = scheduler.add_noise(batch, noise, timestep), scheduler.get_velocity(batch, noise, timestep)
+                pred = pipe.unet(noisy, timestep, encoder_hidden_states=context).sample
+                loss += (pred - target).pow(2).mean(dim=(1, 2, 3, 4))
+            correct[t] += choices[int(loss.argmin())] == true
+    print(f"| timestep | {word} picked by the lowest loss (chance {1 / len(choices):.0%}) |")
+    print("|---|---|")
+    for t in CLASSIFY_TIMESTEPS:
+        print(f"| {t} | {correct[t] / clips:.0%} ({correct[t]}/{clips}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("text-encoder", "caption-loss", "layout", "vae",
-                                                   "latent-colours"))
+                                                   "latent-colours", "classify"))
     parser.add_argument("model", help="pipeline folder")
     parser.add_argument("--scale", action="append", default=[], metavar="WORD=S",
                         help="text-encoder: scale WORD's token embedding by S first (repeatable)")
-    parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss and layout")
-    parser.add_argument("--trail", type=int, default=0, help="data for caption-loss and layout")
+    parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss, layout and classify")
+    parser.add_argument("--trail", type=int, default=0, help="data for caption-loss, layout and classify")
     parser.add_argument("--draws", type=int, default=32, help="layout: noise draws averaged (default 32)")
-    parser.add_argument("--clips", type=int, default=100, help="vae: rendered clips reconstructed (default 100)")
+    parser.add_argument("--clips", type=int, default=None,
+                        help="vae: rendered clips reconstructed (default 100); classify: clips (default 24)")
+    parser.add_argument("--word", choices=tuple(WORDS), default="colour", help="classify: the word swapped")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.draws < 1:
         parser.error(f"--draws must be >= 1, got {args.draws}")
-    if args.clips < 1:
+    if args.clips is not None and args.clips < 1:
         parser.error(f"--clips must be >= 1, got {args.clips}")
     if args.trail < 0:
         parser.error(f"--trail must be >= 0, got {args.trail}")
@@ -186,7 +231,9 @@ def main() -> None:
         if args.what == "text-encoder":
             text_encoder(pipe, scales)
         elif args.what == "vae":
-            vae(pipe, args.clips)
+            vae(pipe, args.clips or 100)
+        elif args.what == "classify":
+            classify(pipe, args.word, args.clips or 24, args.start_spread)
         elif args.what == "latent-colours":
             latent_colours(pipe)
         elif args.what == "caption-loss":

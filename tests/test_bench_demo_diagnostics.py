@@ -67,3 +67,12 @@ def test_latent_colours_names_each_colours_nearest_neighbour():
         assert nearest in COLOURS and nearest != colour and float(latent) > 0 and float(pixels) > 0
     nearest = {row[0]: row[1] for row in rows}
     assert nearest["blue"] == "magenta" and nearest["magenta"] == "blue"  # the shipped model's colour mix-ups
+
+
+def test_classify_reads_the_shipped_models_colour_word():
+    rows = _run("classify", str(MODEL), "--word", "colour", "--clips", "6", "--start-spread", "1")
+    assert [row[0] for row in rows] == ["200", "500", "800", "950"]
+    accuracy = {row[0]: _percent(row[1]) for row in rows}
+    assert accuracy["500"] >= 80  # the shipped model reads colours at middle noise (96% on 24 clips)
+    (direction,) = [r for r in _run("classify", str(MODEL), "--word", "direction", "--clips", "2") if r[0] == "200"]
+    assert direction[1].endswith("/2)")
