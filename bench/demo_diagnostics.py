@@ -175,6 +175,7 @@ def classify(pipe: TextToVideoSDPipeline, word: str, clips: int, start_spread: f
         spec = data.specs[i]
         true = getattr(spec, word)
         z = encode_clips(pipe.vae, data[i]["video"][None])  # (1, 4, f, h, w)
+        batch = z.expand(len(choices), -1, -1, -1, -1)  # the clip once per caption
         words = caption(spec).split(" ")
         captions = [" ".join(other if w == true else w for w in words) for other in choices]
         context = _context(pipe, captions)  # (len(choices), tokens, dim)
@@ -183,7 +184,6 @@ def classify(pipe: TextToVideoSDPipeline, word: str, clips: int, start_spread: f
             loss = torch.zeros(len(choices))
             for _ in range(2):
                 noise = torch.randn(z.shape, generator=generator).expand(len(choices), -1, -1, -1, -1)
-                batch = z.expand(len(choices), -1, -1, -1, -1)
                 noisy, target = scheduler.add_noise(batch, noise, timestep), scheduler.get_velocity(batch, noise, timestep)
                 pred = pipe.unet(noisy, timestep, encoder_hidden_states=context).sample
                 loss += (pred - target).pow(2).mean(dim=(1, 2, 3, 4))
@@ -196,13 +196,13 @@ def classify(pipe: TextToVideoSDPipeline, word: str, clips: int, start_spread: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("text-encoder", "caption-loss", "layout", "vae",
-                                                   "latent-colours", "classify"))
+    parser.add_argument("what", choices=("text-encoder", "caption-loss", "layout", "vae", "latent-colours",
+                                         "classify"))
     parser.add_argument("model", help="pipeline folder")
     parser.add_argument("--scale", action="append", default=[], metavar="WORD=S",
                         help="text-encoder: scale WORD's token embedding by S first (repeatable)")
     parser.add_argument("--start-spread", type=float, default=0.1, help="data for caption-loss, layout and classify")
-    parser.add_argument("--trail", type=int, default=0, help="data for caption-loss, layout and classify")
+    parser.add_argument("--trail", type=int, default=0, help="data for caption-loss and layout")
     parser.add_argument("--draws", type=int, default=32, help="layout: noise draws averaged (default 32)")
     parser.add_argument("--clips", type=int, default=None,
                         help="vae: rendered clips reconstructed (default 100); classify: clips (default 24)")

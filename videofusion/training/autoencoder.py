@@ -67,4 +67,3 @@ def fit_scaling_factor(vae, dataset, num_clips: int = 32, seed: int = 0) -> floa
     indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
     x = _frames(dataset, indices, 4, g)
     return float(1.0 / vae.encode(x).latent_dist.mode().std())
-
