@@ -26,7 +26,7 @@ def test_text_encoder_distances_and_scaling():
     scaled = {row[0]: _percent(row[1]) for row in _run("text-encoder", str(MODEL), "--scale", "right=50")}
     assert len(plain) == 4 and all(v > 0 for v in plain.values())
     # scaling "right"'s embedding moves that caption away; the colour change does not depend on it
-    assert scaled["a red circle moving right"] > 3 * plain["a red circle moving right"]
+    assert scaled["a red circle moving right"] > 1.5 * plain["a red circle moving right"]
     assert abs(scaled["a blue circle moving left"] - plain["a blue circle moving left"]) < 1e-6
 
 
@@ -65,8 +65,8 @@ def test_latent_colours_names_each_colours_nearest_neighbour():
     assert [row[0] for row in rows] == list(COLOURS)
     for colour, nearest, latent, pixels in rows:
         assert nearest in COLOURS and nearest != colour and float(latent) > 0 and float(pixels) > 0
-    nearest = {row[0]: row[1] for row in rows}
-    assert nearest["blue"] == "magenta" and nearest["magenta"] == "blue"  # the shipped model's colour mix-ups
+    # colour-anchored latents keep every colour apart (10.7-13.1; the earlier, plain VAE put blue 4.98 from magenta)
+    assert min(float(row[2]) for row in rows) > 8
 
 
 def test_classify_reads_the_shipped_models_colour_word():

@@ -78,6 +78,25 @@ def test_start_spread_starts_the_shape_at_the_far_side():
     assert ShapesDataset(3, seed=2, start_spread=0.0).specs == sample_specs(3, seed=2, start_spread=0.0)
 
 
+def test_cross_spread_keeps_the_path_near_the_middle():
+    plain = sample_specs(200, seed=3, start_spread=0.1)
+    for spread in (0.0, 0.5):
+        specs = sample_specs(200, seed=3, start_spread=0.1, cross_spread=spread)
+        for a, b in zip(plain, specs):
+            horizontal = a.direction in ("left", "right")
+            along, across = (0, 1) if horizontal else (1, 0)
+            assert b.start[along] == a.start[along]  # the start along the motion is unchanged
+            assert b.start[across] == pytest.approx(0.5 + (a.start[across] - 0.5) * spread)
+            assert abs(b.start[across] - 0.5) <= spread / 2 + 1e-12
+    # spread 0: a horizontal path runs along the horizontal centre line
+    spec = next(s for s in sample_specs(20, seed=3, cross_spread=0.0) if s.direction == "right")
+    assert np.allclose(trajectory(spec, 16, 64, 64)[:, 1], 32.0)
+    with pytest.raises(ValueError, match="cross_spread"):
+        sample_specs(4, seed=0, cross_spread=-0.1)
+    data = ShapesDataset(3, seed=2, cross_spread=0.5)
+    assert data.specs == sample_specs(3, seed=2, cross_spread=0.5)
+
+
 def test_trail_draws_faded_copies_behind_the_shape_only():
     from videofusion.evaluation import score_clip
     from videofusion.training.data import open_dataset
@@ -107,7 +126,7 @@ def test_trail_draws_faded_copies_behind_the_shape_only():
         ShapesDataset(2, trail=-1)
     data = open_dataset({"shapes": 2, "seed": 0, "trail": 2}, 8, 64, 64)
     assert data.trail == 2 and torch.equal(data[0]["video"], ShapesDataset(2, num_frames=8, trail=2)[0]["video"])
-    with pytest.raises(ValueError, match="accepted: shapes, seed, start_spread, trail"):
+    with pytest.raises(ValueError, match="accepted: shapes, seed, start_spread, cross_spread, trail"):
         open_dataset({"shapes": 2, "colour": "red"}, 8, 64, 64)
 
 

@@ -184,12 +184,53 @@ def test_autoencoder_training_and_scaling_factor():
         train_autoencoder(vae, data, steps=1, foreground_weight=0.5)
 
 
+def test_colour_anchored_autoencoder_whitens_cell_colours_and_rescales_free_channels():
+    from helpers import TINY_VAE
+    from videofusion.models import AutoencoderKL
+    from videofusion.training.autoencoder import (anchor_target, colour_whitening, scale_free_channels,
+                                                  train_autoencoder)
+    from videofusion.training.shapes import ShapesDataset
+    data = ShapesDataset(8, seed=0, num_frames=4, height=16, width=16)
+    factor = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
+    mean, matrix = colour_whitening(data, factor, num_clips=32)
+    frames = torch.stack([data[i]["video"] for i in range(8)]).permute(0, 2, 1, 3, 4).flatten(0, 1)  # (n, 3, h, w)
+    target = anchor_target(frames, (factor, mean, matrix))  # (n, 3, h', w')
+    assert target.shape == (32, 3, 16 // factor, 16 // factor)
+    assert torch.allclose(matrix, matrix.T)  # ZCA: symmetric
+    covariance = torch.cov(target.permute(1, 0, 2, 3).reshape(3, -1))
+    assert torch.allclose(covariance, torch.eye(3), atol=0.35)  # whitened (estimated on other draws)
+    # a plain frame's colour is its cell colour: the target is the whitened background colour everywhere
+    plain = torch.full((1, 3, 16, 16), 0.5)
+    expected = matrix @ (torch.full((3,), 0.5) - mean)
+    assert torch.allclose(anchor_target(plain, (factor, mean, matrix))[0, :, 0, 0], expected, atol=1e-6)
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**{**TINY_VAE, "latent_channels": 4})
+    anchored = train_autoencoder(vae, data, steps=30, clips_per_step=2, frames_per_clip=2, learning_rate=3e-3,
+                                 progress=False, anchor=(factor, mean, matrix), anchor_weight=10.0)
+    with torch.no_grad():
+        before = vae.encode(frames).latent_dist.mode()
+        error = (before[:, :3] - target).pow(2).mean() / target.pow(2).mean()
+    assert error < 0.5  # the first three channels learned the whitened colours
+    assert np.mean(anchored[-5:]) < np.mean(anchored[:5])
+    with torch.no_grad():
+        image = vae.decode(before).sample
+        (scale,) = scale_free_channels(vae, data, std=0.5, num_clips=8)
+        after = vae.encode(frames).latent_dist.mode()
+        assert torch.allclose(after[:, :3], before[:, :3], atol=1e-5)  # anchored channels untouched
+        assert torch.allclose(after[:, 3], scale * before[:, 3], atol=1e-5)
+        assert torch.allclose(vae.decode(after).sample, image, atol=1e-4)  # exact: the decoder undoes it
+    with pytest.raises(ValueError, match="latent_channels"):
+        train_autoencoder(AutoencoderKL(**{**TINY_VAE, "latent_channels": 2}), data, steps=1,
+                          anchor=(factor, mean, matrix))
+
+
 def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
     from videofusion.training.demo_recipe import init_demo_pipeline
-    plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False)
-    words = init_demo_pipeline(tmp_path / "words", vae_from=DEMO_MODEL_PATH, progress=False, token_embedding_scale=50)
+    plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False, token_embedding_scale=1)
+    words = init_demo_pipeline(tmp_path / "words", vae_from=DEMO_MODEL_PATH, progress=False)  # the default: 50
     a, b = (TextToVideoSDPipeline.from_pretrained(str(p)) for p in (plain, words))
     ea, eb = (p.text_encoder.get_input_embeddings().weight for p in (a, b))
     assert torch.allclose(eb, 50 * ea)  # the same seeded draw, scaled
@@ -206,20 +247,30 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
 
 
-def test_init_demo_vae_downsample_8_gives_8x8_latents(tmp_path):
+def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
-    from videofusion.training.demo_recipe import init_demo_pipeline
-    out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False, vae_downsample=8)
+    from videofusion.training.demo_recipe import FREE_CHANNEL_STD, init_demo_pipeline
+    out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False)  # the shipped recipe
     pipe = TextToVideoSDPipeline.from_pretrained(str(out))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 8
+    assert pipe.vae.config.scaling_factor == 1.0  # anchored latents are whitened already
     with torch.no_grad():
         z = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
     assert z.shape == (1, 4, 8, 8)
+    # the free channel is rescaled to FREE_CHANNEL_STD over the clips (frames of seed-1 clips, as init-demo draws)
+    from videofusion.training.autoencoder import _frames
+    from videofusion.training.shapes import ShapesDataset
+    frames = _frames(ShapesDataset(2000, seed=1), list(range(32)), 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        free = pipe.vae.encode(frames).latent_dist.mode()[:, 3]
+    assert abs(float(free.std()) - FREE_CHANNEL_STD) < 0.25 * FREE_CHANNEL_STD
+    plain = init_demo_pipeline(tmp_path / "d4", vae_steps=2, progress=False, vae_downsample=4, anchor_colours=False)
+    assert TextToVideoSDPipeline.from_pretrained(str(plain)).unet.config.sample_size == 16
     with pytest.raises(ValueError, match="vae_downsample"):
         init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=2)
-    with pytest.raises(ValueError, match="vae_from"):  # a 4x VAE does not fit the 8x recipe
-        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=8)
+    with pytest.raises(ValueError, match="vae_from"):  # the shipped 8x VAE does not fit the 4x recipe
+        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=4)
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
 
 

@@ -164,10 +164,12 @@ def add_training(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-from", default=None, metavar="FOLDER",
                    help="reuse the trained vae/ of this pipeline folder instead of training one")
-    p.add_argument("--token-embedding-scale", type=float, default=1.0,
-                   help="multiply the random text encoder's token embeddings (default 1; 50 keeps words apart)")
-    p.add_argument("--vae-downsample", type=int, default=4, choices=(4, 8),
-                   help="pixels per latent each way: 4 (16x16 latents, default) or 8 (8x8, a quarter of the work)")
+    p.add_argument("--token-embedding-scale", type=float, default=50.0,
+                   help="multiply the random text encoder's token embeddings (default 50: words stay apart)")
+    p.add_argument("--vae-downsample", type=int, default=8, choices=(4, 8),
+                   help="pixels per latent each way: 8 (8x8 latents, default) or 4 (16x16, four times the work)")
+    p.add_argument("--anchor-colours", action=argparse.BooleanOptionalAction, default=True,
+                   help="colour-anchored latents: channels 0-2 are each cell's whitened mean colour (default on)")
     p.set_defaults(run=run_init_demo)
 
 
@@ -189,7 +191,7 @@ def run_init_demo(args) -> int:
     from .training.demo_recipe import init_demo_pipeline
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
                              vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale,
-                             vae_downsample=args.vae_downsample))
+                             vae_downsample=args.vae_downsample, anchor_colours=args.anchor_colours))
     return 0
 
 

@@ -7,8 +7,18 @@ pixels that differ from the frame's top-left pixel (the plain background of the 
 elsewhere: a small shape's colour then counts for more than the background it sits on. Afterwards
 :func:`fit_scaling_factor` sets ``scaling_factor`` to ``1 / std(z)`` so the diffusion model sees
 unit-variance latents.
+
+Colour-anchored latents (``anchor``): the first three latent channels are trained to equal the mean
+colour of each latent cell (``factor x factor`` pixels), whitened over the data set
+(:func:`colour_whitening`), and the other channels are free. A plain KL autoencoder puts almost all of
+its latent variance into the background (one direction holds 98% of it on the moving-shapes clips), so
+the diffusion loss hardly sees the shape's colour or where it is; whitened colour channels give the
+shape's colour and position as much weight as the background's brightness. The free channels carry the
+detail the decoder needs (edges, the shape's outline) and are rescaled by :func:`scale_free_channels`.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from tqdm.auto import tqdm
@@ -24,15 +34,51 @@ def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generato
     return frames.reshape(b * frames_per_clip, c, h, w)  # (b*k, 3, h, w)
 
 
+def cell_colours(frames: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean colour of each ``factor x factor`` cell: ``(n, 3, h, w)`` -> ``(n, 3, h / factor, w / factor)``."""
+    return torch.nn.functional.avg_pool2d(frames, factor)
+
+
+@torch.no_grad()
+def colour_whitening(dataset, factor: int, num_clips: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening of the cell colours (:func:`cell_colours`) of ``num_clips`` clips of ``dataset``:
+    ``(mean (3,), matrix (3, 3))`` such that ``matrix @ (colour - mean)`` has zero mean and identity
+    covariance over the data, and stays closest to the RGB axes (channel 0 is still mostly red)."""
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
+    colours = cell_colours(_frames(dataset, indices, 4, g), factor)  # (n, 3, h', w')
+    flat = colours.permute(0, 2, 3, 1).reshape(-1, 3).double()  # (n*h'*w', 3)
+    mean = flat.mean(0)
+    values, vectors = torch.linalg.eigh(torch.cov((flat - mean).T))
+    matrix = vectors @ torch.diag(values.clamp_min(1e-8).rsqrt()) @ vectors.T  # (3, 3), symmetric
+    return mean.float(), matrix.float()
+
+
+def anchor_target(frames: torch.Tensor, anchor: tuple[int, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The whitened cell colours ``(n, 3, h', w')`` that the first three latent channels of frames
+    ``(n, 3, h, w)`` are trained to equal; ``anchor = (factor, mean, matrix)`` (:func:`colour_whitening`)."""
+    factor, mean, matrix = anchor
+    colours = cell_colours(frames, factor) - mean[:, None, None]  # (n, 3, h', w')
+    return torch.einsum("dc,nchw->ndhw", matrix, colours)
+
+
 def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, frames_per_clip: int = 4,
                       learning_rate: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
-                      progress: bool = True, foreground_weight: float = 1.0) -> list[float]:
+                      progress: bool = True, foreground_weight: float = 1.0,
+                      anchor: tuple[int, torch.Tensor, torch.Tensor] | None = None,
+                      anchor_weight: float = 1.0) -> list[float]:
     """Train ``vae`` in place on random frames of ``dataset`` (items ``{"video": (3, f, h, w)}``) and
-    return the loss per step. Deterministic for a given ``seed``."""
+    return the loss per step. Deterministic for a given ``seed``.
+
+    ``anchor = (factor, mean, matrix)``: the posterior mean's first three channels are pulled towards the
+    whitened cell colours (:func:`anchor_target`, ``factor`` = the VAE's downsampling) with an MSE of
+    weight ``anchor_weight``; the VAE needs ``latent_channels >= 3``."""
     if steps < 1 or clips_per_step < 1 or frames_per_clip < 1:
         raise ValueError("steps, clips_per_step and frames_per_clip: must be >= 1")
     if not foreground_weight >= 1.0:
         raise ValueError(f"foreground_weight: must be >= 1, got {foreground_weight}")
+    if anchor is not None and vae.config.latent_channels < 3:
+        raise ValueError(f"anchor: needs latent_channels >= 3, the VAE has {vae.config.latent_channels}")
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=learning_rate * 0.05)
@@ -49,6 +95,8 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         weight = 1.0 + (foreground_weight - 1.0) * foreground_mask(x)
         weight = weight / weight.mean()  # (n, 1, h, w): 1 everywhere when foreground_weight is 1
         loss = (weight * error.abs()).mean() + (weight * error.pow(2)).mean() + kl_weight * kl
+        if anchor is not None:
+            loss = loss + anchor_weight * (posterior.mean[:, :3] - anchor_target(x, anchor)).pow(2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
@@ -67,3 +115,22 @@ def fit_scaling_factor(vae, dataset, num_clips: int = 32, seed: int = 0) -> floa
     indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
     x = _frames(dataset, indices, 4, g)
     return float(1.0 / vae.encode(x).latent_dist.mode().std())
+
+
+@torch.no_grad()
+def scale_free_channels(vae, dataset, std: float, first: int = 3, num_clips: int = 32, seed: int = 0) -> list[float]:
+    """Rescale latent channels ``first`` and up (the free channels of a colour-anchored VAE) to standard
+    deviation ``std`` over ``num_clips`` clips, in place and exactly: ``quant_conv`` multiplies those
+    channels' means by ``s = std / measured`` (and their log-variances gain ``2 log s``), ``post_quant_conv``
+    divides them by ``s`` again, so decoding the posterior mean gives the same image. Returns the ``s``."""
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
+    z = vae.encode(_frames(dataset, indices, 4, g)).latent_dist.mode()  # (n, c, h', w')
+    latent = vae.config.latent_channels
+    scales = [std / float(z[:, c].std().clamp_min(1e-8)) for c in range(first, latent)]
+    for c, s in zip(range(first, latent), scales):
+        vae.quant_conv.weight[c] *= s
+        vae.quant_conv.bias[c] *= s
+        vae.quant_conv.bias[latent + c] += 2.0 * math.log(s)
+        vae.post_quant_conv.weight[:, c] /= s
+    return scales

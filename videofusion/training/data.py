@@ -109,18 +109,19 @@ def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tenso
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
-    ``"start_spread"`` and ``"trail"``) for N synthetic moving-shape clips
+    ``"start_spread"``, ``"cross_spread"`` and ``"trail"``) for N synthetic moving-shape clips
     (:class:`~videofusion.training.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
         from .shapes import ShapesDataset
-        unknown = sorted(set(spec) - {"shapes", "seed", "start_spread", "trail"})
+        unknown = sorted(set(spec) - {"shapes", "seed", "start_spread", "cross_spread", "trail"})
         if unknown:
-            raise ValueError(f"data: unknown keys {unknown}; accepted: shapes, seed, start_spread, trail")
+            raise ValueError(f"data: unknown keys {unknown}; accepted: shapes, seed, start_spread, cross_spread, trail")
         return ShapesDataset(int(spec["shapes"]), seed=int(spec.get("seed", 0)), num_frames=num_frames,
                              height=height, width=width, split="train",
-                             start_spread=float(spec.get("start_spread", 1.0)), trail=int(spec.get("trail", 0)))
+                             start_spread=float(spec.get("start_spread", 1.0)), trail=int(spec.get("trail", 0)),
+                             cross_spread=float(spec.get("cross_spread", 1.0)))
     return VideoCaptionDataset(spec, num_frames=num_frames, height=height, width=width)
 
 

@@ -30,6 +30,9 @@ VAE = dict(block_out_channels=[16, 32, 32], layers_per_block=1, norm_num_groups=
 VAE_DOWNSAMPLE_8 = dict(VAE, block_out_channels=[16, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
                         up_block_types=["UpDecoderBlock2D"] * 4)
 VAE_DOWNSAMPLE = {4: VAE, 8: VAE_DOWNSAMPLE_8}  # pixels per latent (each way) -> VAE config
+# Colour-anchored latents (training/autoencoder.py): channels 0-2 are the whitened mean colour of each latent
+# cell, channel 3 is free and scaled to this standard deviation.
+FREE_CHANNEL_STD = 0.5
 # Weight of the shape's pixels in the VAE loss. With 8x8 latents and plain weights, 2,000 steps merged the six
 # colours into two or three (36% of reconstructed clips read back with the right colour; the 16x16 VAE: 100%).
 FOREGROUND_WEIGHT = {4: 1.0, 8: 10.0}
@@ -58,16 +61,23 @@ def caption_words() -> list[str]:
 
 def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: int = 0,
                        progress: bool = True, vae_from: str | os.PathLike | None = None,
-                       token_embedding_scale: float = 1.0, vae_downsample: int = 4) -> Path:
-    """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout).
+                       token_embedding_scale: float = 50.0, vae_downsample: int = 8,
+                       anchor_colours: bool = True) -> Path:
+    """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout). The defaults
+    are the shipped model's recipe (docs/demo-model.md).
 
-    ``token_embedding_scale``: multiplies the random text encoder's token embeddings (std 0.02 at 1).
+    ``token_embedding_scale`` (default 50): multiplies the random text encoder's token embeddings (std 0.02 at 1).
     At 50 a word outweighs its position embedding and the random layers, so each position of the
     encoder's output is nearly its own word's vector: "left" and "right" come out ~140% apart at their
     position, against ~29% at 1, which a *frozen* encoder keeps (docs/demo-model.md).
 
-    ``vae_downsample``: pixels per latent each way, 4 (16x16 latents, :data:`VAE`) or 8 (8x8 latents,
-    :data:`VAE_DOWNSAMPLE_8`, a quarter of the UNet's work per step).
+    ``vae_downsample`` (default 8): pixels per latent each way, 4 (16x16 latents, :data:`VAE`) or 8 (8x8
+    latents, :data:`VAE_DOWNSAMPLE_8`, a quarter of the UNet's work per step).
+
+    ``anchor_colours`` (default True): train the VAE with colour-anchored latents (channels 0-2 = the whitened mean colour
+    of each latent cell, channel 3 free at standard deviation :data:`FREE_CHANNEL_STD`, ``scaling_factor``
+    1; see :mod:`~videofusion.training.autoencoder`), so the UNet's loss weighs the shape's colour and
+    position as much as the background.
 
     ``vae_from``: a pipeline folder whose trained ``vae/`` is reused instead of training one (the VAE
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
@@ -78,7 +88,7 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     from ..models import AutoencoderKL, UNet3DConditionModel
     from ..pipeline import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler
-    from .autoencoder import fit_scaling_factor, train_autoencoder
+    from .autoencoder import colour_whitening, fit_scaling_factor, scale_free_channels, train_autoencoder
     from .tokenizer import build_clip_tokenizer
 
     if not token_embedding_scale > 0:
@@ -108,9 +118,14 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     else:
         vae = AutoencoderKL(**vae_config)
         frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
+        anchor = (vae_downsample, *colour_whitening(frames, vae_downsample, seed=seed)) if anchor_colours else None
         train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress,
-                          foreground_weight=FOREGROUND_WEIGHT[vae_downsample])
-        vae = _with_scaling(vae, vae_config, fit_scaling_factor(vae, frames, seed=seed))
+                          foreground_weight=FOREGROUND_WEIGHT[vae_downsample], anchor=anchor)
+        if anchor_colours:
+            scale_free_channels(vae, frames, FREE_CHANNEL_STD, seed=seed)
+            vae = _with_scaling(vae, vae_config, 1.0)
+        else:
+            vae = _with_scaling(vae, vae_config, fit_scaling_factor(vae, frames, seed=seed))
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                  scheduler=DDIMScheduler(**SCHEDULER))
     pipe.save_pretrained(str(out))

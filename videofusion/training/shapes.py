@@ -226,7 +226,7 @@ def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: 
     return clip
 
 
-def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0) -> ShapeSpec:
+def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0, cross_spread: float = 1.0) -> ShapeSpec:
     """Spec ``index`` of the stream ``(seed, split)``: depends on nothing else (not on ``n``)."""
     rng = np.random.default_rng([seed, index, SPLITS.index(split)])
     options = combos(split)
@@ -238,6 +238,7 @@ def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0) -> S
     axis, backwards = _motion(direction)
     entry = 1.0 if backwards else 0.0  # the start fraction of a path entering at the far side
     start[axis] = entry + (start[axis] - entry) * start_spread
+    start[1 - axis] = 0.5 + (start[1 - axis] - 0.5) * cross_spread  # across the motion: around the middle
     return ShapeSpec(
         colour=colour, shape=shape, direction=direction, speed=speed, size=size, background=background,
         start=tuple(start),
@@ -246,38 +247,42 @@ def _spec_for(seed: int, index: int, split: str, start_spread: float = 1.0) -> S
     )
 
 
-def sample_specs(n: int, seed: int, split: str = "train", start_spread: float = 1.0) -> list[ShapeSpec]:
+def sample_specs(n: int, seed: int, split: str = "train", start_spread: float = 1.0,
+                 cross_spread: float = 1.0) -> list[ShapeSpec]:
     """``n`` random specs of a split, deterministic from ``seed`` (a non-negative int).
 
     Combination, speed, size and background are uniform; half the clips get a faint (0.02) background
     texture. The start is uniform in [0, 1]^2 with ``start_spread`` 1 (default); a smaller spread keeps
     the start along the motion within that fraction of the far side, so the shape crosses the frame
-    (0: always enters at the far side). Spec ``i`` depends only on ``(seed, i, split, start_spread)``,
-    so ``sample_specs(10, s)[:5] == sample_specs(5, s)``.
+    (0: always enters at the far side); a ``cross_spread`` under 1 likewise keeps the start across the
+    motion within that fraction of the range around the middle (0: the shape moves along the centre line).
+    Spec ``i`` depends only on ``(seed, i, split, start_spread, cross_spread)``, so
+    ``sample_specs(10, s)[:5] == sample_specs(5, s)``.
     """
     _check_positive_int("n", n, 0)
     _check_positive_int("seed", seed, 0)
     _check_choice("split", split, SPLITS)
-    if not 0.0 <= start_spread <= 1.0:
-        raise ValueError(f"start_spread must be in [0, 1], got {start_spread!r}")
-    return [_spec_for(seed, i, split, start_spread) for i in range(n)]
+    for name, spread in (("start_spread", start_spread), ("cross_spread", cross_spread)):
+        if not 0.0 <= spread <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {spread!r}")
+    return [_spec_for(seed, i, split, start_spread, cross_spread) for i in range(n)]
 
 
 class ShapesDataset(torch.utils.data.Dataset):
     """Map-style dataset of ``n`` synthetic clips rendered on the fly (nothing stored on disk).
 
     Item ``i`` is ``{"video": float32 tensor (3, num_frames, height, width) in [-1, 1],
-    "caption": str}``, a pure function of ``(seed, i, split, start_spread)``, the geometry and
+    "caption": str}``, a pure function of ``(seed, i, split, start_spread, cross_spread)``, the geometry and
     ``trail`` (see :func:`render_clip`); ``specs[i]`` is
     its :class:`ShapeSpec`. Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
                  split: str = "train", detailed_captions: bool = False, start_spread: float = 1.0,
-                 trail: int = 0):
+                 trail: int = 0, cross_spread: float = 1.0):
         _check_geometry(num_frames, height, width)
         _check_positive_int("trail", trail, 0)
-        self.specs = sample_specs(n, seed, split, start_spread)
+        self.specs = sample_specs(n, seed, split, start_spread, cross_spread)
         self.trail = trail
         self.num_frames, self.height, self.width = num_frames, height, width
         self.detailed_captions = detailed_captions

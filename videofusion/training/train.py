@@ -39,7 +39,7 @@ class TrainConfig:
 
     model: str                       # pipeline folder (or Hub id) to start from
     output_dir: str                  # checkpoint.pt, model/ (the trained pipeline), loss.png, log.json
-    data: Any                        # videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, [start_spread, trail]}
+    data: Any                        # videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, [start_spread, cross_spread, trail]}
     num_frames: int = 16
     height: int = 256                # pixels
     width: int = 256                 # pixels
