@@ -126,7 +126,7 @@ def test_trail_draws_faded_copies_behind_the_shape_only():
         ShapesDataset(2, trail=-1)
     data = open_dataset({"shapes": 2, "seed": 0, "trail": 2}, 8, 64, 64)
     assert data.trail == 2 and torch.equal(data[0]["video"], ShapesDataset(2, num_frames=8, trail=2)[0]["video"])
-    with pytest.raises(ValueError, match="accepted: shapes, seed, start_spread, cross_spread, trail"):
+    with pytest.raises(ValueError, match="accepted: shapes, seed, start_spread, cross_spread, trail, detailed_captions"):
         open_dataset({"shapes": 2, "colour": "red"}, 8, 64, 64)
 
 
@@ -198,6 +198,15 @@ def test_dataset_renders_deterministic_items_and_batches():
     assert batch["video"].shape == (2, 3, 8, 32, 48) and len(batch["caption"]) == 2
     detailed = ShapesDataset(5, seed=7, detailed_captions=True)
     assert detailed[0]["caption"] == caption(ds.specs[0], detailed=True)
+    mixed = ShapesDataset(400, seed=7, detailed_captions=0.5)
+    kinds = [mixed.caption(i) == caption(mixed.specs[i], detailed=True) for i in range(400)]
+    assert 150 < sum(kinds) < 250  # about half the clips get the detailed caption
+    assert kinds == [mixed.caption(i) == caption(mixed.specs[i], detailed=True)
+                     for i in range(400)]  # drawn per clip, not per call
+    assert kinds[:10] == [ShapesDataset(10, seed=7, detailed_captions=0.5).detailed[i] for i in range(10)]
+    assert mixed[3]["caption"] == mixed.caption(3)
+    with pytest.raises(ValueError, match="detailed_captions"):
+        ShapesDataset(2, detailed_captions=1.5)
     with pytest.raises(IndexError):
         ds[5]
 

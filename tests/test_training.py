@@ -247,6 +247,31 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
 
 
+def test_broadcast_caption_puts_every_word_into_the_padding_positions(tmp_path):
+    from videofusion import TextToVideoSDPipeline
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.training.demo_recipe import init_demo_pipeline
+    plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False, broadcast_caption=False)
+    spread = init_demo_pipeline(tmp_path / "spread", vae_from=DEMO_MODEL_PATH, progress=False, broadcast_caption=True)
+    a, b = (TextToVideoSDPipeline.from_pretrained(str(p)) for p in (plain, spread))
+    pad = b.tokenizer.pad_token_id
+    assert float(b.text_encoder.get_input_embeddings().weight[pad].abs().max()) == 0.0
+    captions = ["a red circle moving left", "a red circle moving up", "a blue circle moving left",
+                "a red square moving left"]
+    ids = b.tokenizer(captions, padding="max_length", max_length=b.tokenizer.model_max_length,
+                      return_tensors="pt").input_ids
+    first_pad = int((ids[0] == pad).nonzero()[0])
+    with torch.no_grad():
+        for name, pipe in (("plain", a), ("spread", b)):
+            h = pipe.text_encoder(ids)[0][:, first_pad:]  # (4, padding positions, dim)
+            gaps = [float(((h[i] - h[0]).norm(dim=-1) / h[0].norm(dim=-1)).min()) for i in (1, 2, 3)]
+            if name == "plain":
+                assert min(gaps) < 0.15  # a random x50 encoder barely leaks a word past its position
+            else:
+                assert min(gaps) > 0.25, gaps  # direction, colour and shape all reach every padding position
+        torch.testing.assert_close(a.unet.state_dict(), b.unet.state_dict())  # only the text encoder differs
+
+
 def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
@@ -320,3 +345,15 @@ def test_weighted_mse_splits_the_error_into_static_and_temporal_parts():
     assert torch.allclose(weighted_mse(pred, target, 1.0, weight), (1.5 * each[0] + 0.5 * each[1]) / 2)
     with pytest.raises(ValueError, match="temporal_weight"):
         TrainConfig(model="m", output_dir="o", data="d", temporal_weight=0)
+
+
+def test_every_shipped_training_config_parses():
+    from pathlib import Path
+    from videofusion.training.train import TrainConfig
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert any(p.name == "demo-broadcast.toml" for p in configs)
+    for path in configs:
+        config = TrainConfig.from_file(path)
+        assert config.steps >= 1 and config.output_dir, path.name
+    stage2 = TrainConfig.from_file(configs[[p.name for p in configs].index("demo-broadcast.toml")])
+    assert stage2.unet_from == "out/demo-standard/model" and not stage2.train_text_encoder

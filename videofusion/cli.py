@@ -170,6 +170,8 @@ def add_training(sub) -> None:
                    help="pixels per latent each way: 8 (8x8 latents, default) or 4 (16x16, four times the work)")
     p.add_argument("--anchor-colours", action=argparse.BooleanOptionalAction, default=True,
                    help="colour-anchored latents: channels 0-2 are each cell's whitened mean colour (default on)")
+    p.add_argument("--broadcast-caption", action=argparse.BooleanOptionalAction, default=False,
+                   help="text encoder whose padding positions carry every word of the caption (default off)")
     p.set_defaults(run=run_init_demo)
 
 
@@ -191,7 +193,8 @@ def run_init_demo(args) -> int:
     from .training.demo_recipe import init_demo_pipeline
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
                              vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale,
-                             vae_downsample=args.vae_downsample, anchor_colours=args.anchor_colours))
+                             vae_downsample=args.vae_downsample, anchor_colours=args.anchor_colours,
+                             broadcast_caption=args.broadcast_caption))
     return 0
 
 

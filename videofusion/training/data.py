@@ -109,19 +109,21 @@ def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tenso
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
-    ``"start_spread"``, ``"cross_spread"`` and ``"trail"``) for N synthetic moving-shape clips
+    ``"start_spread"``, ``"cross_spread"``, ``"trail"`` and ``"detailed_captions"``) for N synthetic moving-shape clips
     (:class:`~videofusion.training.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
         from .shapes import ShapesDataset
-        unknown = sorted(set(spec) - {"shapes", "seed", "start_spread", "cross_spread", "trail"})
+        accepted = ("shapes", "seed", "start_spread", "cross_spread", "trail", "detailed_captions")
+        unknown = sorted(set(spec) - set(accepted))
         if unknown:
-            raise ValueError(f"data: unknown keys {unknown}; accepted: shapes, seed, start_spread, cross_spread, trail")
+            raise ValueError(f"data: unknown keys {unknown}; accepted: {', '.join(accepted)}")
         return ShapesDataset(int(spec["shapes"]), seed=int(spec.get("seed", 0)), num_frames=num_frames,
                              height=height, width=width, split="train",
                              start_spread=float(spec.get("start_spread", 1.0)), trail=int(spec.get("trail", 0)),
-                             cross_spread=float(spec.get("cross_spread", 1.0)))
+                             cross_spread=float(spec.get("cross_spread", 1.0)),
+                             detailed_captions=float(spec.get("detailed_captions", 0.0)))
     return VideoCaptionDataset(spec, num_frames=num_frames, height=height, width=width)
 
 
@@ -129,7 +131,7 @@ def captions_of(dataset) -> list[str]:
     """Every item's caption, without decoding or rendering any video."""
     if isinstance(dataset, VideoCaptionDataset):
         return [text for _, text in dataset.items]
-    from .shapes import ShapesDataset, caption
+    from .shapes import ShapesDataset
     if isinstance(dataset, ShapesDataset):
-        return [caption(spec, dataset.detailed_captions) for spec in dataset.specs]
+        return [dataset.caption(i) for i in range(len(dataset))]
     return [dataset[i]["caption"] for i in range(len(dataset))]

@@ -274,21 +274,31 @@ class ShapesDataset(torch.utils.data.Dataset):
     Item ``i`` is ``{"video": float32 tensor (3, num_frames, height, width) in [-1, 1],
     "caption": str}``, a pure function of ``(seed, i, split, start_spread, cross_spread)``, the geometry and
     ``trail`` (see :func:`render_clip`); ``specs[i]`` is
-    its :class:`ShapeSpec`. Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
+    its :class:`ShapeSpec`. ``detailed_captions``: True gives every clip the detailed caption (size, speed
+    and background added, :func:`caption`), a float that share of the clips (drawn per clip from ``seed``). Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
-                 split: str = "train", detailed_captions: bool = False, start_spread: float = 1.0,
+                 split: str = "train", detailed_captions: bool | float = False, start_spread: float = 1.0,
                  trail: int = 0, cross_spread: float = 1.0):
         _check_geometry(num_frames, height, width)
         _check_positive_int("trail", trail, 0)
+        share = float(detailed_captions)
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"detailed_captions must be a bool or a share in [0, 1], got {detailed_captions!r}")
         self.specs = sample_specs(n, seed, split, start_spread, cross_spread)
+        # clip i has the detailed caption with probability `share`, drawn from (seed, i) alone
+        self.detailed = [share == 1.0 or (share > 0.0 and np.random.default_rng([seed, i, 7]).random() < share)
+                         for i in range(n)]
         self.trail = trail
         self.num_frames, self.height, self.width = num_frames, height, width
-        self.detailed_captions = detailed_captions
 
     def __len__(self) -> int:
         return len(self.specs)
+
+    def caption(self, index: int) -> str:
+        """Clip ``index``'s caption (the detailed form for the clips drawn for it), without rendering."""
+        return caption(self.specs[index], self.detailed[index])
 
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
@@ -296,7 +306,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         spec = self.specs[index]
         clip = render_clip(spec, self.num_frames, self.height, self.width, self.trail)  # (f, h, w, 3) uint8
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, f, h, w)
-        return {"video": video, "caption": caption(spec, self.detailed_captions)}
+        return {"video": video, "caption": self.caption(index)}
 
 
 def _write_text(path: Path, text: str) -> None:
