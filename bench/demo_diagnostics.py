@@ -12,8 +12,8 @@ MODEL is a pipeline folder (say ``videofusion/data/demo-model``); ``--start-spre
 the data the model was trained on (``ShapesDataset`` options).
 
 ``text-encoder``: relative L2 distance between the text encoder's outputs (all positions, the
-largest at one position, and the mean over the end and padding positions, which hold most of the UNet's
-attention) for "a red circle moving left" and the caption with one word changed. A word
+largest at one position, and the mean over the end and padding positions, which get about half of the UNet's
+cross-attention) for "a red circle moving left" and the caption with one word changed. A word
 the encoder maps close to another cannot be told apart by the UNet. ``--scale left=50`` multiplies that
 word's token embedding first (what ``init-demo --token-embedding-scale`` does to every word).
 
@@ -64,6 +64,7 @@ from videofusion.evaluation import score_clip, summarise
 from videofusion.schedulers import DDPMScheduler
 from videofusion.training.shapes import (COLOURS, DIRECTIONS, SHAPES, ShapesDataset, ShapeSpec, caption,
                                          render_clip)
+from videofusion.training.data import clip_to_tensor
 from videofusion.training.train import encode_clips
 
 BASE = "a red circle moving left"
@@ -210,8 +211,7 @@ SWAP_TIMESTEPS = (999, 900, 800, 500)
 def word_swap(pipe: TextToVideoSDPipeline, draws: int) -> None:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     spec = ShapeSpec("red", "circle", "left", start=(1.0, 0.5))
-    clip = torch.from_numpy(render_clip(spec)).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, f, h, w)
-    z = encode_clips(pipe.vae, clip[None])  # (1, 4, f, h, w)
+    z = encode_clips(pipe.vae, clip_to_tensor(render_clip(spec))[None])  # (1, 4, f, h, w)
     captions = [BASE, *CHANGED, ""]
     context = _context(pipe, captions)  # (len(captions), tokens, dim)
     generator = torch.Generator().manual_seed(0)

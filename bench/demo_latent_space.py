@@ -40,13 +40,11 @@ def main() -> None:
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
 
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from videofusion.evaluation import score_clip, summarise
     from videofusion.models import UNet3DConditionModel
     from videofusion.schedulers import DDIMScheduler, DDPMScheduler
     from videofusion.training.autoencoder import cell_colours, colour_whitening
-    from videofusion.training.demo_recipe import SCHEDULER, TEXT, UNET, caption_words
+    from videofusion.training.demo_recipe import SCHEDULER, UNET, caption_words, demo_text_encoder
     from videofusion.training.shapes import ShapesDataset, combos
     from videofusion.training.tokenizer import build_clip_tokenizer
     from videofusion.training.train import EMA, sample_timesteps
@@ -72,10 +70,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as vocab:
         tokenizer = build_clip_tokenizer(caption_words(), vocab, model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    with torch.no_grad():
-        text_encoder.get_input_embeddings().weight.mul_(50)
+    text_encoder = demo_text_encoder(tokenizer, token_embedding_scale=50.0)
     unet = UNet3DConditionModel(**{**UNET, "sample_size": 8, "in_channels": 3, "out_channels": 3})
     noise_scheduler = DDPMScheduler(**SCHEDULER)
     params = list(unet.parameters()) + list(text_encoder.parameters())

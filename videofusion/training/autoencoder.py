@@ -34,6 +34,13 @@ def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generato
     return frames.reshape(b * frames_per_clip, c, h, w)  # (b*k, 3, h, w)
 
 
+def _sample_frames(dataset, num_clips: int, seed: int) -> torch.Tensor:
+    """4 random frames of each of ``num_clips`` random clips, ``(num_clips*4, 3, h, w)``, from ``seed`` alone."""
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
+    return _frames(dataset, indices, 4, g)
+
+
 def cell_colours(frames: torch.Tensor, factor: int) -> torch.Tensor:
     """Mean colour of each ``factor x factor`` cell: ``(n, 3, h, w)`` -> ``(n, 3, h / factor, w / factor)``."""
     return torch.nn.functional.avg_pool2d(frames, factor)
@@ -44,9 +51,7 @@ def colour_whitening(dataset, factor: int, num_clips: int = 256, seed: int = 0) 
     """ZCA whitening of the cell colours (:func:`cell_colours`) of ``num_clips`` clips of ``dataset``:
     ``(mean (3,), matrix (3, 3))`` such that ``matrix @ (colour - mean)`` has zero mean and identity
     covariance over the data, and stays closest to the RGB axes (channel 0 is still mostly red)."""
-    g = torch.Generator().manual_seed(seed)
-    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
-    colours = cell_colours(_frames(dataset, indices, 4, g), factor)  # (n, 3, h', w')
+    colours = cell_colours(_sample_frames(dataset, num_clips, seed), factor)  # (n, 3, h', w')
     flat = colours.permute(0, 2, 3, 1).reshape(-1, 3).double()  # (n*h'*w', 3)
     mean = flat.mean(0)
     values, vectors = torch.linalg.eigh(torch.cov((flat - mean).T))
@@ -111,10 +116,7 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
 @torch.no_grad()
 def fit_scaling_factor(vae, dataset, num_clips: int = 32, seed: int = 0) -> float:
     """``1 / std`` of the posterior means over ``num_clips`` clips: the value for ``scaling_factor``."""
-    g = torch.Generator().manual_seed(seed)
-    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
-    x = _frames(dataset, indices, 4, g)
-    return float(1.0 / vae.encode(x).latent_dist.mode().std())
+    return float(1.0 / vae.encode(_sample_frames(dataset, num_clips, seed)).latent_dist.mode().std())
 
 
 @torch.no_grad()
@@ -123,9 +125,7 @@ def scale_free_channels(vae, dataset, std: float, first: int = 3, num_clips: int
     deviation ``std`` over ``num_clips`` clips, in place and exactly: ``quant_conv`` multiplies those
     channels' means by ``s = std / measured`` (and their log-variances gain ``2 log s``), ``post_quant_conv``
     divides them by ``s`` again, so decoding the posterior mean gives the same image. Returns the ``s``."""
-    g = torch.Generator().manual_seed(seed)
-    indices = torch.randint(len(dataset), (num_clips,), generator=g).tolist()
-    z = vae.encode(_frames(dataset, indices, 4, g)).latent_dist.mode()  # (n, c, h', w')
+    z = vae.encode(_sample_frames(dataset, num_clips, seed)).latent_dist.mode()  # (n, c, h', w')
     latent = vae.config.latent_channels
     scales = [std / float(z[:, c].std().clamp_min(1e-8)) for c in range(first, latent)]
     for c, s in zip(range(first, latent), scales):

@@ -87,8 +87,6 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
     ``vae_steps`` gives the same result, ~7 minutes sooner on 2 CPU cores).
     """
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from ..models import AutoencoderKL, UNet3DConditionModel
     from ..pipeline import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler
@@ -111,13 +109,7 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer(caption_words(), out / ".vocab", model_max_length=MAX_TOKENS)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        **TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    with torch.no_grad():
-        text_encoder.get_input_embeddings().weight.mul_(token_embedding_scale)
-    if broadcast_caption:
-        broadcast_caption_words(text_encoder, tokenizer.pad_token_id)
+    text_encoder = demo_text_encoder(tokenizer, token_embedding_scale, broadcast_caption)
     unet = UNet3DConditionModel(**{**UNET, "sample_size": SIZE // vae_downsample})
     if reused_vae is not None:
         vae = reused_vae
@@ -138,6 +130,21 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     import shutil
     shutil.rmtree(out / ".vocab", ignore_errors=True)
     return out
+
+
+def demo_text_encoder(tokenizer, token_embedding_scale: float = 50.0, broadcast_caption: bool = False):
+    """A random CLIP text encoder of the demo's size (:data:`TEXT`) for ``tokenizer``'s vocabulary, drawn from
+    torch's global random state (seed it first), token embeddings multiplied by ``token_embedding_scale``
+    and, with ``broadcast_caption``, edited by :func:`broadcast_caption_words`."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        **TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight.mul_(token_embedding_scale)
+    if broadcast_caption:
+        broadcast_caption_words(text_encoder, tokenizer.pad_token_id)
+    return text_encoder
 
 
 def broadcast_caption_words(text_encoder, pad_token_id: int) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import clip_to_tensor
+
 # Saturated colours, RGB 0..255, hues about 60 degrees apart (red 0, yellow 60, green 120, cyan 180,
 # blue 240, magenta 300): unambiguous by hue on a neutral background.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -273,9 +275,10 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     Item ``i`` is ``{"video": float32 tensor (3, num_frames, height, width) in [-1, 1],
     "caption": str}``, a pure function of ``(seed, i, split, start_spread, cross_spread)``, the geometry and
-    ``trail`` (see :func:`render_clip`); ``specs[i]`` is
-    its :class:`ShapeSpec`. ``detailed_captions``: True gives every clip the detailed caption (size, speed
-    and background added, :func:`caption`), a float that share of the clips (drawn per clip from ``seed``). Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
+    ``trail`` (see :func:`render_clip`); ``specs[i]`` is its :class:`ShapeSpec`. ``detailed_captions``: True
+    gives every clip the detailed caption (size, speed and background added, :func:`caption`), a float that
+    share of the clips (drawn per clip from ``seed``). Batches from a ``DataLoader`` are
+    ``(batch, 3, num_frames, height, width)``.
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
@@ -305,8 +308,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} clips")
         spec = self.specs[index]
         clip = render_clip(spec, self.num_frames, self.height, self.width, self.trail)  # (f, h, w, 3) uint8
-        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, f, h, w)
-        return {"video": video, "caption": self.caption(index)}
+        return {"video": clip_to_tensor(clip), "caption": self.caption(index)}  # video: (3, f, h, w)
 
 
 def _write_text(path: Path, text: str) -> None:
