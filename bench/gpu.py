@@ -100,6 +100,21 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype):
 
 
 # ------------------------------------------------------------------------------------------ timing
+_START = time.perf_counter()
+
+
+def note(text: str) -> None:
+    """Progress on stderr with the seconds since the start: a run cut off by a time limit (the device
+    machine's) still shows what it measured and where the time went (compilation, say)."""
+    print(f"[{time.perf_counter() - _START:5.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def report(results: list, item: list | tuple) -> None:
+    """Append a table row or an output difference to ``results`` and :func:`note` it at once."""
+    results.append(item)
+    note(" | ".join(f"{v:.2e}" if isinstance(v, float) else str(v) for v in item))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -193,6 +208,7 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
         variants, fast_parts = unet_variants(args, ref, ours, device)
         results, outputs = {}, {}
         for label, fn in variants.items():
+            note(f"{name}: first call of {label}")
             t0 = time.perf_counter()
             outputs[label] = fn(x, t, ctx)
             sync(device)
@@ -201,8 +217,9 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
         for label in variants:
             results[label][0] = timed[label]
             if label.startswith("videofusion"):
-                diffs.append((name, f"UNet {label}", rel_l2(outputs[label], reference_out)))
+                report(diffs, (name, f"UNet {label}", rel_l2(outputs[label], reference_out)))
         for label, fast in fast_parts.items():
+            note(f"{name}: first call of {label.strip()} (compiles)")
             ours.disable_fast_path()
             fast.apply(ours.unet)
             fn = fast.forward(ours.unet)
@@ -211,12 +228,12 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
             sync(device)
             first = time.perf_counter() - t0
             results[label] = (time_ms(lambda: fn(x, t, encoder_hidden_states=ctx), device, reps), first)
-            diffs.append((name, f"UNet {label.strip()}", rel_l2(out, reference_out)))
+            report(diffs, (name, f"UNet {label.strip()}", rel_l2(out, reference_out)))
             fast.remove(ours.unet)
     base = results["diffusers eager"][0]
     for label, (ms, first) in results.items():
         tflops = flops / (ms / 1e3) / 1e12
-        rows.append([name, f"UNet CFG step: {label}", f"{ms:.2f} ms", f"{tflops:.1f} TFLOP/s "
+        report(rows, [name, f"UNet CFG step: {label}", f"{ms:.2f} ms", f"{tflops:.1f} TFLOP/s "
                      f"({100 * tflops / ceiling:.0f}%)", f"{base / ms:.2f}x", f"first call {first:.1f} s"])
 
     scale = ours.vae_scale_factor
@@ -226,7 +243,7 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
         vae_ms = interleaved_ms({"diffusers": lambda: ref.vae.decode(latents).sample,
                                  "videofusion": lambda: ours.vae.decode(latents).sample}, device, reps=2)
     ref_ms, our_ms = vae_ms["diffusers"], vae_ms["videofusion"]
-    rows.append([name, "VAE decode: diffusers / videofusion", f"{ref_ms:.1f} / {our_ms:.1f} ms", "",
+    report(rows, [name, "VAE decode: diffusers / videofusion", f"{ref_ms:.1f} / {our_ms:.1f} ms", "",
                  f"{ref_ms / our_ms:.2f}x", ""])
 
     call = dict(prompt="Spiderman is surfing", height=height, width=width, num_frames=frames,
@@ -234,6 +251,7 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
     if device.type == "cuda":
         ours.enable_fast_path(mode=args.mode) if args.fast else ours.disable_fast_path()
     peaks = {}
+    note(f"{name}: end to end")
     for label, pipe in (("diffusers", ref), ("videofusion", ours)):
         pipe(**{**call, "num_inference_steps": 2})  # warm-up (and compilation at this size)
         reset_peak(device)
@@ -246,13 +264,13 @@ def run_size(args, ref, ours, device, dtype, name, height, width, frames, steps,
         device, reps=1, warmup=0, rounds=args.rounds).items()}
     rs, os_ = seconds["diffusers"], seconds["videofusion"]
     peak_text = f"peak {peaks['diffusers']:.2f} / {peaks['videofusion']:.2f} GiB" if device.type == "cuda" else ""
-    rows.append([name, f"end to end, {steps} DDIM steps: diffusers / videofusion", f"{rs:.2f} / {os_:.2f} s",
+    report(rows, [name, f"end to end, {steps} DDIM steps: diffusers / videofusion", f"{rs:.2f} / {os_:.2f} s",
                  peak_text, f"{rs / os_:.2f}x", ""])
 
     five = dict(call, num_inference_steps=5)
     a = ref(**five, generator=torch.Generator(device).manual_seed(3)).frames
     b = ours(**five, generator=torch.Generator(device).manual_seed(3)).frames
-    diffs.append((name, "pipeline, 5 steps, final frames", rel_l2(b, a)))
+    report(diffs, (name, "pipeline, 5 steps, final frames", rel_l2(b, a)))
 
 
 def second_process(args) -> float:
@@ -276,7 +294,7 @@ def first_call_only(args, device, dtype) -> None:
     sync(device)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU, float32 (CI)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
@@ -293,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every size's denoising steps")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--_first-call-only", dest="first_call_only", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.tiny:
@@ -313,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import diffusers
+    note("building diffusers' and videofusion's models")
     ref, ours = build(args.tiny, device, dtype)
     ceiling = matmul_ceiling(device, dtype)
     env = (f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, "
@@ -325,9 +348,11 @@ def main(argv: list[str] | None = None) -> None:
         height, width, frames, steps = sizes[name]
         steps = args.steps or steps
         run_size(args, ref, ours, device, dtype, name, height, width, frames, steps, ceiling, rows, diffs)
-        print(f"done {name}", file=sys.stderr, flush=True)
+        note(f"done {name}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "diffs": diffs}, indent=1))
     if args.second_process and args.fast:
-        rows.append([args.sizes[0], "fresh process: build + first fast-path UNet call (cache warm)",
+        report(rows, [args.sizes[0], "fresh process: build + first fast-path UNet call (cache warm)",
                      f"{second_process(args):.1f} s", "", "", ""])
 
     print("\n| size | measurement | time | throughput / memory | speed-up vs diffusers | warm-up |")

@@ -230,7 +230,7 @@ def table(rows: list[dict], modes: list[str], frame_counts: list[int], unit: str
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU, tiny config, float32")
     p.add_argument("--frames", type=int, nargs="+", default=None,
@@ -240,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="height = width in pixels (default 256; tiny 64)")
     p.add_argument("--chunk", type=int, default=16, help="frames_per_chunk of the chunked modes (default 16)")
     p.add_argument("--max-run-seconds", type=float, default=150.0, help="skip larger frame counts of a slower mode")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
 
     if args.tiny:

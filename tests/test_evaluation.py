@@ -160,3 +160,22 @@ def test_summarise_counts_only_named_attributes():
     assert summarise([]) == {"colour": None, "shape": None, "direction": None, "all": None, "n": 0}
     prompt_without_colour = score_clip(render_clip(ShapeSpec("red", "square", "up")), "a square moving up")
     assert prompt_without_colour["colour_ok"] is None and prompt_without_colour["shape_ok"] is True
+
+
+def test_segments_tell_steady_motion_from_motion_that_stops():
+    """A 64-frame clip that moves all along shows its direction in each 16-frame segment; one that moves
+    in its first 16 frames and then stands still still reads "left" as a whole, but 3 of its 4
+    segments are still."""
+    spec = ShapeSpec("red", "circle", "left", "slow", start=(0.5, 0.5))
+    steady = render_clip(spec, num_frames=64)
+    stops = np.concatenate([render_clip(spec, num_frames=16), np.repeat(render_clip(spec, num_frames=16)[-1:], 48, 0)])
+    prompt = "a red circle moving left"
+    a, b = score_clip(steady, prompt, segment_frames=16), score_clip(stops, prompt, segment_frames=16)
+    assert a["direction_ok"] and a["segment_directions"] == ["left"] * 4
+    assert b["segment_directions"] == ["left", "none", "none", "none"]
+    summary = summarise([a, b])
+    assert summary["segment_direction"] == 5 / 8 and summary["segment_still"] == 3 / 8
+    # a 70-frame clip has 4 whole segments (the 6-frame rest is dropped); clips that fit get no segments
+    assert len(score_clip(render_clip(spec, num_frames=70), prompt, segment_frames=16)["segment_directions"]) == 4
+    assert "segment_directions" not in score_clip(render_clip(spec), prompt, segment_frames=16)
+    assert "segment_direction" not in summarise([score_clip(render_clip(spec), prompt)])

@@ -234,6 +234,9 @@ def test_evaluate_demo_passes_num_frames_and_long_video(tiny_pipeline_dir):
                            num_inference_steps=1, long_video=LongVideo(8, 4), progress=False)
     assert report["settings"]["num_frames"] == 20 and report["settings"]["long_video"] == LongVideo(8, 4)
     assert report["seen"]["n"] == 1
+    # 20 frames > the 16 the demo was trained on: also scored per 16-frame segment (one whole segment)
+    assert len(report["videos"][0]["segment_directions"]) == 1
+    assert 0.0 <= report["seen"]["segment_direction"] <= 1.0 and 0.0 <= report["seen"]["segment_still"] <= 1.0
 
 
 def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
@@ -244,3 +247,17 @@ def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
                              num_inference_steps=2, guidance_scale=g, progress=False) for g in (1.0, 20.0)]
     assert [r["settings"]["guidance_scale"] for r in reports] == [1.0, 20.0]
     assert reports[0]["videos"][0]["predicted"] != reports[1]["videos"][0]["predicted"]
+
+
+def test_eval_demo_cli_prints_segment_columns_for_long_videos(tiny_pipeline_dir, tmp_path, capsys):
+    import json
+
+    from videofusion.cli import main
+    report_path = tmp_path / "report.json"
+    assert main(["eval-demo", "--model", str(tiny_pipeline_dir), "--seeds", "1", "--heldout-seeds", "0",
+                 "--max-combos", "1", "--num-frames", "20", "--steps", "1", "--output", str(report_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "direction per 16 frames" in lines[0] and "still per 16 frames" in lines[0]
+    assert lines[1].split()[:2] == ["seen", "1"] and lines[1].count("%") == 6
+    assert lines[2].split() == ["heldout", "0"] + ["-"] * 6  # no held-out videos: no accuracies
+    assert json.loads(report_path.read_text())["seen"]["n"] == 1

@@ -240,7 +240,7 @@ def test_failure_mid_encode_leaves_no_file_and_keeps_the_old_one(tmp_path, monke
                 raise RuntimeError("encoder exploded")
             return av.VideoFrame.from_ndarray(array, format=format)
 
-    monkeypatch.setattr(video, "av", types.SimpleNamespace(open=av.open, VideoFrame=FailingVideoFrame))
+    monkeypatch.setattr(video, "_av", lambda: types.SimpleNamespace(open=av.open, VideoFrame=FailingVideoFrame))
     (tmp_path / "keep.mp4").write_bytes(b"old")
     for name in ("new.mp4", "keep.mp4"):
         calls.clear()
@@ -376,3 +376,26 @@ def test_utils_reexports_like_diffusers():
 
     assert utils.export_to_video is export_to_video
     assert utils.export_to_gif is export_to_gif and utils.load_video is load_video
+
+
+def test_pyav_is_optional_until_a_video_file_is_written(tmp_path):
+    """``import videofusion`` and GIF export work without PyAV (the GPU machine has none); MP4 export
+    then fails with an ImportError that names the package, and leaves no file behind."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["av"] = None  # as if PyAV were not installed
+import numpy as np
+import videofusion
+frames = np.zeros((2, 8, 8, 3), np.uint8)
+videofusion.export_to_gif(frames, {str(tmp_path / "a.gif")!r})
+try:
+    videofusion.export_to_video(frames, {str(tmp_path / "a.mp4")!r})
+except ImportError as error:
+    print("ImportError:", error)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "pip install av" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif"]

@@ -230,10 +230,15 @@ def run_eval_demo(args) -> int:
                            num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                            noise=args.noise, noise_ratio=args.noise_ratio,
                            long_video=args.long_video)
-    print(f"{'split':8} {'videos':>6} {'colour':>7} {'direction':>9} {'shape':>6} {'all':>6}")
+    columns = {"colour": "colour", "direction": "direction", "shape": "shape", "all": "all"}
+    if any("segment_direction" in report[split] for split in ("seen", "heldout")):  # longer than 16 frames
+        columns.update(segment_direction="direction per 16 frames", segment_still="still per 16 frames")
+    print(f"{'split':8} {'videos':>6} " + " ".join(f"{title:>9}" for title in columns.values()))
     for split in ("seen", "heldout"):
         r = report[split]
-        print(f"{split:8} {r['n']:>6} {r['colour']:>7.1%} {r['direction']:>9.1%} {r['shape']:>6.1%} {r['all']:>6.1%}")
+        cells = (f"{'-' if r.get(key) is None else format(r[key], '.1%'):>{max(9, len(title))}}"
+                 for key, title in columns.items())
+        print(f"{split:8} {r['n']:>6} " + " ".join(cells))
     print(f"({time.perf_counter() - t0:.0f} s; settings {report['settings']})")
     if args.output:
         from .loading import atomic_write_text

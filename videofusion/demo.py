@@ -30,8 +30,10 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
     and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
     split uses seed ``k``, so runs are reproducible and comparable between models. ``num_frames`` and
     ``long_video`` (a :class:`videofusion.long_video.LongVideo`, or None) go to every call, e.g. 64
-    frames with and without the long-video option to measure its coherence. ``num_inference_steps``
-    and ``guidance_scale`` default to the demo's (25 and 7.5).
+    frames with and without the long-video option to measure its coherence: videos longer than the
+    16 trained frames are also scored per 16-frame segment (``"segment_direction"``, ``"segment_still"``
+    in each split's summary). ``num_inference_steps`` and ``guidance_scale`` default to the demo's
+    (25 and 7.5).
     """
     import torch
     from tqdm.auto import tqdm
@@ -71,7 +73,7 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
             seeds_used[split] += 1
         frames = pipe([p for _, p in chunk], generator=generators, **settings).frames
         for (split, prompt), video, g in zip(chunk, frames, generators):
-            scored = score_clip(video, prompt)
+            scored = score_clip(video, prompt, segment_frames=DEMO_DEFAULTS["num_frames"])
             results.append({"split": split, "prompt": prompt, "seed": g.initial_seed(), **scored})
         bar.update(len(chunk))
     bar.close()

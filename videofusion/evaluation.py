@@ -211,17 +211,27 @@ def parse_prompt(prompt: str) -> dict:
     return found
 
 
-def score_clip(frames, prompt: str) -> dict:
+def score_clip(frames, prompt: str, segment_frames: int | None = None) -> dict:
     """Compare a clip with its prompt.
 
     Returns ``{"colour_ok", "shape_ok", "direction_ok"}`` (``True``/``False``, or ``None`` when the
     prompt does not name that attribute), ``"predicted"`` (the :func:`analyse_clip` dict) and
     ``"expected"`` (the :func:`parse_prompt` dict).
+
+    With ``segment_frames`` (e.g. 16, the length a model was trained on) and a longer clip, the clip
+    is also cut into consecutive segments of that many frames (a shorter rest is dropped) and
+    ``"segment_directions"`` lists the direction read in each: a long video that moves all along
+    shows the prompt's direction in every segment, one that stands still in between shows ``"none"``.
     """
     expected = parse_prompt(prompt)
-    predicted = analyse_clip(frames)
+    clip = _as_clip(frames)
+    predicted = analyse_clip(clip)
     result = {f"{a}_ok": None if expected[a] is None else predicted[a] == expected[a] for a in _ATTRIBUTES}
-    return {**result, "predicted": predicted, "expected": expected}
+    result.update(predicted=predicted, expected=expected)
+    if segment_frames is not None and len(clip) > segment_frames:
+        starts = range(0, len(clip) - segment_frames + 1, segment_frames)
+        result["segment_directions"] = [analyse_clip(clip[s:s + segment_frames])["direction"] for s in starts]
+    return result
 
 
 def summarise(results: Iterable[dict]) -> dict:
@@ -229,7 +239,9 @@ def summarise(results: Iterable[dict]) -> dict:
 
     Returns ``{"colour", "shape", "direction"}``: the fraction correct among the clips whose prompt
     names the attribute (``None`` if none does); ``"all"``: the fraction of clips with every named
-    attribute right; ``"n"``: the number of clips.
+    attribute right; ``"n"``: the number of clips. Clips scored with ``segment_frames`` add
+    ``"segment_direction"`` (the fraction of their segments that show the prompt's direction) and
+    ``"segment_still"`` (the fraction read as still).
     """
     results = list(results)
     summary = {}
@@ -239,4 +251,9 @@ def summarise(results: Iterable[dict]) -> dict:
     every = [all(r[f"{a}_ok"] is not False for a in _ATTRIBUTES) for r in results]
     summary["all"] = sum(every) / len(every) if every else None
     summary["n"] = len(results)
+    segments = [(d, r["expected"]["direction"]) for r in results for d in r.get("segment_directions", ())
+                if r["expected"]["direction"] is not None]
+    if segments:  # clips scored with segment_frames
+        summary["segment_direction"] = sum(d == want for d, want in segments) / len(segments)
+        summary["segment_still"] = sum(d == "none" for d, _ in segments) / len(segments)
     return summary

@@ -29,7 +29,6 @@ import warnings
 from fractions import Fraction
 from typing import Any, Callable
 
-import av
 import numpy as np
 import PIL.Image
 import PIL.ImageSequence
@@ -38,6 +37,15 @@ import torch
 VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # suffix -> PyAV format
 DEFAULT_CRF = 18  # libx264 constant rate factor: 0 lossless .. 51 worst; 18 is near visually lossless
 MAX_GIF_FPS = 50  # GIF delays are in 1/100 s and browsers play delays under 2/100 s at 1/10 s
+
+def _av():
+    """PyAV, imported on first use: ``import videofusion`` (and generating frames) works without it."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("writing or reading MP4/MOV/MKV needs PyAV: pip install av (GIF works without it)") from error
+    return av
+
 
 _LAYOUTS = "(num_frames, height, width, 3) arrays/tensors or (num_frames, 3, height, width) torch tensors"
 
@@ -276,7 +284,7 @@ class VideoWriter:
         try:
             fmt = VIDEO_CONTAINERS[os.path.splitext(self.path)[1].lower()]
             options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-            self._container = av.open(self._tmp, mode="w", format=fmt, options=options)
+            self._container = _av().open(self._tmp, mode="w", format=fmt, options=options)
         except BaseException:
             _discard(self._tmp)
             raise
@@ -306,7 +314,7 @@ class VideoWriter:
             self._add_stream(width, height)
         video = np.pad(video, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")  # even h, w
         for image in video:
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame = _av().VideoFrame.from_ndarray(image, format="rgb24")
             frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range=1)
             frame.pts = self.num_frames
             self._container.mux(self._stream.encode(frame))
@@ -462,6 +470,7 @@ def load_video(
                 durations.append(frame.info.get("duration") or 0)
         fps = 1000 * len(durations) / sum(durations) if all(durations) else None
     else:
+        av = _av()
         try:
             container = av.open(path)
         except av.FFmpegError as error:

@@ -1,0 +1,64 @@
+"""bench/device.sh, the prepared device-machine call: its commands stay valid for the bench scripts they
+run (argument names, sizes, modes), it rejects unknown parts, and without a GPU it stops at its first part."""
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "device.sh"
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu  # noqa: E402  (bench/gpu.py)
+import memory  # noqa: E402  (bench/memory.py)
+
+ALL_PARTS = ["env", "gpu-16", "gpu-64", "gpu-576", "gpu-warm", "memory-64", "memory-256"]
+
+
+def dry_run(*parts: str) -> list[tuple[str, int, str]]:
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", *parts], capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    return [(part, int(limit), command) for part, limit, command in rows]
+
+
+def test_default_parts_fit_a_short_call():
+    rows = dry_run()
+    assert [part for part, _, _ in rows] == ["env", "gpu-16", "memory-64"]
+    assert sum(limit for _, limit, _ in rows) <= 8 * 60  # leaves minutes for a rerun of a part (15 in all)
+
+
+@pytest.mark.parametrize("part", ALL_PARTS[1:])
+def test_bench_commands_parse(part):
+    (_, limit, command), = dry_run(part)
+    assert 0 < limit <= 9 * 60  # under the device tool's 10 minutes per command
+    words = shlex.split(command)
+    assert words[:2] == ["python3", f"bench/{part.split('-')[0]}.py"]
+    if part.startswith("gpu"):
+        args = gpu.build_parser().parse_args(words[2:])
+        assert args.sizes and set(args.sizes) <= set(gpu.SIZES)
+        assert args.json == f"$OUT/{part}.json" and not args.tiny
+    else:
+        args = memory.build_parser().parse_args(words[2:])
+        assert args.modes and set(args.modes) <= set(memory.CUDA_MODES)
+        assert not args.tiny
+
+
+def test_unknown_part_is_refused():
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "gpu-16", "gpu-1024"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown part 'gpu-1024'" in result.stderr and "gpu-16" in result.stderr
+
+
+def test_without_a_gpu_it_stops_at_env(tmp_path):
+    fake = tmp_path / "bin" / "nvidia-smi"  # a machine without a GPU, wherever the test runs
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, OUT=str(tmp_path), PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 9
+    assert "=== env: exit 9" in result.stdout
+    assert "=== env" in result.stdout and "=== gpu-16" not in result.stdout
+    assert (tmp_path / "env.log").is_file()
