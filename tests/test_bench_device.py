@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import gpu  # noqa: E402  (bench/gpu.py)
 import memory  # noqa: E402  (bench/memory.py)
 
-ALL_PARTS = ["env", "gpu-16", "gpu-64", "gpu-576", "gpu-warm", "memory-64", "memory-256"]
+ALL_PARTS = ["env", "cuda", "gpu-16", "gpu-64", "gpu-576", "gpu-warm", "memory-64", "memory-256"]
 
 
 def dry_run(*parts: str) -> list[tuple[str, int, str]]:
@@ -25,7 +25,7 @@ def dry_run(*parts: str) -> list[tuple[str, int, str]]:
 
 def test_default_parts_fit_a_short_call():
     rows = dry_run()
-    assert [part for part, _, _ in rows] == ["env", "gpu-16", "memory-64"]
+    assert [part for part, _, _ in rows] == ["env", "cuda", "gpu-16", "memory-64"]
     assert sum(limit for _, limit, _ in rows) <= 8 * 60  # leaves minutes for a rerun of a part (15 in all)
 
 
@@ -34,8 +34,10 @@ def test_bench_commands_parse(part):
     (_, limit, command), = dry_run(part)
     assert 0 < limit <= 9 * 60  # under the device tool's 10 minutes per command
     words = shlex.split(command)
-    assert words[:2] == ["python3", f"bench/{part.split('-')[0]}.py"]
-    if part.startswith("gpu"):
+    assert words[:2] == ["python3", f"bench/{part.split('-')[0]}.py".replace("cuda.py", "cuda_checks.py")]
+    if part == "cuda":
+        assert words[2:] == []  # CUDA, fp16: the default
+    elif part.startswith("gpu"):
         args = gpu.build_parser().parse_args(words[2:])
         assert args.sizes and set(args.sizes) <= set(gpu.SIZES)
         assert args.json == f"$OUT/{part}.json" and not args.tiny
@@ -62,3 +64,19 @@ def test_without_a_gpu_it_stops_at_env(tmp_path):
     assert "=== env: exit 9" in result.stdout
     assert "=== env" in result.stdout and "=== gpu-16" not in result.stdout
     assert (tmp_path / "env.log").is_file()
+
+
+def test_cuda_checks_pass_on_the_cpu_and_catch_a_block_that_was_not_loaded(monkeypatch, capsys):
+    """bench/cuda_checks.py (the device call's first part) on the CPU: every mode gives the resident
+    video; with a streamed block never copied in, the streamed checks fail (NaN weights) and it exits 1."""
+    import cuda_checks
+    from videofusion.runtime.streamed import StreamedOffload
+    assert cuda_checks.main(["--cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| ok |") == 8 and "all 8 checks passed" in out
+
+    load = StreamedOffload._load
+    monkeypatch.setattr(StreamedOffload, "_load", lambda self, k: None if k == 7 else load(self, k))
+    assert cuda_checks.main(["--cpu", "--only", "streamed offload"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAILED |") == 3 and "3 of 3 checks failed" in out
