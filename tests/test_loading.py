@@ -261,6 +261,26 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
 
 
+def test_atomic_folder_swaps_in_a_whole_folder_or_leaves_the_old_one(tmp_path):
+    target = tmp_path / "model"
+    with loading.atomic_folder(target) as folder:
+        assert not target.exists() and folder.parent == tmp_path
+        (folder / "a.txt").write_text("first")
+    assert sorted(os.listdir(target)) == ["a.txt"]
+    with pytest.raises(KeyboardInterrupt):
+        with loading.atomic_folder(target) as folder:
+            (folder / "a.txt").write_text("half")
+            raise KeyboardInterrupt  # an interrupted build
+    assert (target / "a.txt").read_text() == "first" and os.listdir(tmp_path) == ["model"]
+    with loading.atomic_folder(target) as folder:
+        (folder / "b.txt").write_text("second")
+    assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]  # replaced whole
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file"):
+        with loading.atomic_folder(tmp_path / "file"):
+            pass
+
+
 def test_legacy_attention_keys_are_renamed(tmp_path):
     class Attn(nn.Module):
         def __init__(self):

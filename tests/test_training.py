@@ -247,6 +247,25 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
 
 
+def test_init_demo_interrupted_leaves_the_old_folder(tmp_path, monkeypatch):
+    from videofusion import TextToVideoSDPipeline
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.training.demo_recipe import init_demo_pipeline
+    out = init_demo_pipeline(tmp_path / "init", vae_from=DEMO_MODEL_PATH, progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    save = TextToVideoSDPipeline.save_pretrained
+
+    def interrupted(self, folder, **kwargs):  # the text encoder and UNet written, then Ctrl-C
+        save(self, folder, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TextToVideoSDPipeline, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        init_demo_pipeline(out, vae_from=DEMO_MODEL_PATH, progress=False, broadcast_caption=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["init"]  # no temporary folder left
+
+
 def test_broadcast_caption_puts_every_word_into_the_padding_positions(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import threading
 import uuid
 import zipfile
@@ -509,6 +510,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Build a folder in a temporary folder beside ``path`` (yielded as a Path), then swap it in as
+    ``path``: a build that raises or is interrupted leaves ``path`` as it was (absent, or the old
+    folder whole) and removes the temporary folder. An old folder at ``path`` is replaced as a whole."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,6 +12,7 @@ Steps (each reproducible from the repo, see docs/demo-model.md):
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -64,7 +65,8 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
                        token_embedding_scale: float = 50.0, vae_downsample: int = 8,
                        anchor_colours: bool = True, broadcast_caption: bool = False) -> Path:
     """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout). The defaults
-    are the shipped model's recipe (docs/demo-model.md).
+    are the shipped model's recipe (docs/demo-model.md). The folder is built beside ``out_dir`` and then
+    swapped in whole (an existing folder is replaced), so an interrupted run leaves ``out_dir`` as it was.
 
     ``token_embedding_scale`` (default 50): multiplies the random text encoder's token embeddings (std 0.02 at 1).
     At 50 a word outweighs its position embedding and the random layers, so each position of the
@@ -87,6 +89,7 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
     ``vae_steps`` gives the same result, ~7 minutes sooner on 2 CPU cores).
     """
+    from ..loading import atomic_folder
     from ..models import AutoencoderKL, UNet3DConditionModel
     from ..pipeline import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler
@@ -105,31 +108,29 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
             raise ValueError(f"vae_from: {vae_from} holds a VAE with block_out_channels "
                              f"{reused_vae.config.block_out_channels}, vae_downsample {vae_downsample} uses "
                              f"{vae_config['block_out_channels']}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_clip_tokenizer(caption_words(), out / ".vocab", model_max_length=MAX_TOKENS)
-    torch.manual_seed(seed)
-    text_encoder = demo_text_encoder(tokenizer, token_embedding_scale, broadcast_caption)
-    unet = UNet3DConditionModel(**{**UNET, "sample_size": SIZE // vae_downsample})
-    if reused_vae is not None:
-        vae = reused_vae
-    else:
-        vae = AutoencoderKL(**vae_config)
-        frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
-        anchor = (vae_downsample, *colour_whitening(frames, vae_downsample, seed=seed)) if anchor_colours else None
-        train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress,
-                          foreground_weight=FOREGROUND_WEIGHT[vae_downsample], anchor=anchor)
-        if anchor_colours:
-            scale_free_channels(vae, frames, FREE_CHANNEL_STD, seed=seed)
-            vae = _with_scaling(vae, vae_config, 1.0)
+    with atomic_folder(out_dir) as out:  # an interrupted run leaves out_dir as it was
+        tokenizer = build_clip_tokenizer(caption_words(), out / ".vocab", model_max_length=MAX_TOKENS)
+        torch.manual_seed(seed)
+        text_encoder = demo_text_encoder(tokenizer, token_embedding_scale, broadcast_caption)
+        unet = UNet3DConditionModel(**{**UNET, "sample_size": SIZE // vae_downsample})
+        if reused_vae is not None:
+            vae = reused_vae
         else:
-            vae = _with_scaling(vae, vae_config, fit_scaling_factor(vae, frames, seed=seed))
-    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                 scheduler=DDIMScheduler(**SCHEDULER))
-    pipe.save_pretrained(str(out))
-    import shutil
-    shutil.rmtree(out / ".vocab", ignore_errors=True)
-    return out
+            vae = AutoencoderKL(**vae_config)
+            frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
+            anchor = (vae_downsample, *colour_whitening(frames, vae_downsample, seed=seed)) if anchor_colours else None
+            train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress,
+                              foreground_weight=FOREGROUND_WEIGHT[vae_downsample], anchor=anchor)
+            if anchor_colours:
+                scale_free_channels(vae, frames, FREE_CHANNEL_STD, seed=seed)
+                vae = _with_scaling(vae, vae_config, 1.0)
+            else:
+                vae = _with_scaling(vae, vae_config, fit_scaling_factor(vae, frames, seed=seed))
+        pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                     scheduler=DDIMScheduler(**SCHEDULER))
+        pipe.save_pretrained(str(out))
+        shutil.rmtree(out / ".vocab", ignore_errors=True)
+    return Path(out_dir)
 
 
 def demo_text_encoder(tokenizer, token_embedding_scale: float = 50.0, broadcast_caption: bool = False):
