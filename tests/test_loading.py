@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from videofusion import loading
+from videofusion import loading, saving
 from videofusion.loading import (
     find_weights, load_model, load_state_dict, model_allow_patterns, parse_weight_name, pipeline_allow_patterns,
-    read_model_index, resolve_pretrained, save_model, select_weight_files,
+    read_model_index, resolve_pretrained, select_weight_files,
 )
+from videofusion.saving import save_model
 from videofusion.models.base import PretrainedModel
 
 
@@ -250,34 +251,34 @@ def test_save_replaces_an_earlier_checkpoint_of_the_same_variant(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "config.json"
-    loading.atomic_write_text(target, "old")
+    saving.atomic_write_text(target, "old")
 
     def fail(tmp):
         open(tmp, "w").write("half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        loading.atomic_write(target, fail)
+        saving.atomic_write(target, fail)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
 
 
 def test_atomic_folder_swaps_in_a_whole_folder_or_leaves_the_old_one(tmp_path):
     target = tmp_path / "model"
-    with loading.atomic_folder(target) as folder:
+    with saving.atomic_folder(target) as folder:
         assert not target.exists() and folder.parent == tmp_path
         (folder / "a.txt").write_text("first")
     assert sorted(os.listdir(target)) == ["a.txt"]
     with pytest.raises(KeyboardInterrupt):
-        with loading.atomic_folder(target) as folder:
+        with saving.atomic_folder(target) as folder:
             (folder / "a.txt").write_text("half")
             raise KeyboardInterrupt  # an interrupted build
     assert (target / "a.txt").read_text() == "first" and os.listdir(tmp_path) == ["model"]
-    with loading.atomic_folder(target) as folder:
+    with saving.atomic_folder(target) as folder:
         (folder / "b.txt").write_text("second")
     assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]  # replaced whole
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
-        with loading.atomic_folder(tmp_path / "file"):
+        with saving.atomic_folder(tmp_path / "file"):
             pass
 
 

@@ -241,7 +241,7 @@ def run_eval_demo(args) -> int:
         print(f"{split:8} {r['n']:>6} " + " ".join(cells))
     print(f"({time.perf_counter() - t0:.0f} s; settings {report['settings']})")
     if args.output:
-        from .loading import atomic_write_text
+        from .saving import atomic_write_text
         atomic_write_text(args.output, json.dumps(report, indent=1, default=str) + "\n")
     return 0
 

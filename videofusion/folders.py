@@ -106,7 +106,7 @@ def _library_of(obj: Any) -> str:
 def save_pipeline(class_name: str, components: dict[str, Any], save_directory: str | os.PathLike, *,
                   variant: str | None = None, safe_serialization: bool = True) -> None:
     """Write ``model_index.json`` and each component's subfolder; every file is written atomically."""
-    from .loading import atomic_write_text
+    from .saving import atomic_write_text
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}

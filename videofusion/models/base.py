@@ -77,8 +77,8 @@ class PretrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str, variant: str | None = None,
                         safe_serialization: bool = True, **kwargs) -> None:
-        """Write ``config.json`` and the weights, atomically. See :func:`videofusion.loading.save_model`."""
-        from ..loading import save_model
+        """Write ``config.json`` and the weights, atomically. See :func:`videofusion.saving.save_model`."""
+        from ..saving import save_model
         save_model(self, save_directory, variant=variant, safe_serialization=safe_serialization, **kwargs)
 
     @property

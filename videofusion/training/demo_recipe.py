@@ -89,7 +89,7 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
     ``vae_steps`` gives the same result, ~7 minutes sooner on 2 CPU cores).
     """
-    from ..loading import atomic_folder
+    from ..saving import atomic_folder
     from ..models import AutoencoderKL, UNet3DConditionModel
     from ..pipeline import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..noise import initial_latents
+from ..saving import atomic_write, atomic_write_text
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pt"
@@ -132,15 +133,6 @@ def sample_timesteps(n: int, num_train_timesteps: int, power: float, g: torch.Ge
     return (num_train_timesteps * (1 - u ** power)).long().clamp(0, num_train_timesteps - 1)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class EMA:
     """Exponential moving average of parameters (float32 shadow copies), warmed up as
     ``decay_k = min(decay, (1 + k) / (10 + k))``."""
@@ -185,9 +177,7 @@ def save_loss_curve(losses: list[float], path: Path, title: str = "training loss
                   f"{10 ** low:.3g} .. {10 ** high:.3g}   last avg {smooth[-1]:.4f}", fill="black")
     draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
     draw.text((pad, 12), title, fill="black")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def encode_clips(vae, clips: torch.Tensor) -> torch.Tensor:
@@ -335,7 +325,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
                  "config": dataclasses.asdict(config)}
         if config.train_text_encoder:
             state["text_encoder"] = text_encoder.state_dict()
-        atomic_torch_save(state, checkpoint_path)
+        atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     all_captions = captions_of(dataset)
     bar = tqdm(total=config.steps, initial=start, desc="training", disable=not progress)
@@ -391,8 +381,6 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     summary = {"steps": config.steps, "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:])),
                "seconds": round(elapsed, 1), "device": str(device), "config": dataclasses.asdict(config),
                "torch": torch.__version__}
-    tmp = out / ".log.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "log.json")
+    atomic_write_text(out / "log.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
