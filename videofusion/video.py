@@ -38,6 +38,7 @@ VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matros
 DEFAULT_CRF = 18  # libx264 constant rate factor: 0 lossless .. 51 worst; 18 is near visually lossless
 MAX_GIF_FPS = 50  # GIF delays are in 1/100 s and browsers play delays under 2/100 s at 1/10 s
 
+
 def _av():
     """PyAV, imported on first use: ``import videofusion`` (and generating frames) works without it."""
     try:
@@ -313,8 +314,9 @@ class VideoWriter:
         if self._stream is None:
             self._add_stream(width, height)
         video = np.pad(video, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")  # even h, w
+        av = _av()
         for image in video:
-            frame = _av().VideoFrame.from_ndarray(image, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range=1)
             frame.pts = self.num_frames
             self._container.mux(self._stream.encode(frame))
