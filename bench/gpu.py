@@ -315,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist")
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.tiny:
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import diffusers
+
+    from videofusion.saving import atomic_write_text
     note("building diffusers' and videofusion's models")
     ref, ours = build(args.tiny, device, dtype)
     ceiling = matmul_ceiling(device, dtype)
@@ -344,13 +349,17 @@ def main(argv: list[str] | None = None) -> None:
            f"{torch.get_num_threads()} CPU threads")
     print(env, flush=True)
     rows, diffs = [], []
+
+    def save_json() -> None:  # after every size too: a run cut off by a time limit keeps what it measured
+        if args.json:
+            atomic_write_text(args.json, json.dumps({"env": env, "rows": rows, "diffs": diffs}, indent=1))
+
     for name in args.sizes:
         height, width, frames, steps = sizes[name]
         steps = args.steps or steps
         run_size(args, ref, ours, device, dtype, name, height, width, frames, steps, ceiling, rows, diffs)
         note(f"done {name}")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "diffs": diffs}, indent=1))
+        save_json()
     if args.second_process and args.fast:
         report(rows, [args.sizes[0], "fresh process: build + first fast-path UNet call (cache warm)",
                      f"{second_process(args):.1f} s", "", "", ""])
@@ -363,8 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|")
     for name, what, value in diffs:
         print(f"| {name} | {what} | {value:.2e} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "diffs": diffs}, indent=1))
+    save_json()
 
 
 if __name__ == "__main__":

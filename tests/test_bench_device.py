@@ -80,3 +80,9 @@ def test_cuda_checks_pass_on_the_cpu_and_catch_a_block_that_was_not_loaded(monke
     assert cuda_checks.main(["--cpu", "--only", "streamed offload"]) == 1
     out = capsys.readouterr().out
     assert out.count("FAILED |") == 3 and "3 of 3 checks failed" in out
+
+
+def test_gpu_bench_rejects_a_json_path_in_a_missing_folder_before_measuring(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.main(["--tiny", "--json", str(tmp_path / "missing" / "r.json")])
+    assert exit_info.value.code == 2 and "its folder does not exist" in capsys.readouterr().err
