@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -276,6 +277,18 @@ def test_atomic_folder_swaps_in_a_whole_folder_or_leaves_the_old_one(tmp_path):
     with saving.atomic_folder(target) as folder:
         (folder / "b.txt").write_text("second")
     assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]  # replaced whole
+    real_replace, calls = os.replace, []
+
+    def replace_failing_the_swap(src, dst):  # the old folder moves aside, then the swap itself fails
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("interrupted")
+        real_replace(src, dst)
+
+    with mock.patch.object(saving.os, "replace", replace_failing_the_swap), pytest.raises(OSError):
+        with saving.atomic_folder(target) as folder:
+            (folder / "c.txt").write_text("third")
+    assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]  # the old one is back
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
         with saving.atomic_folder(tmp_path / "file"):

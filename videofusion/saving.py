@@ -41,14 +41,16 @@ def atomic_folder(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     tmp.mkdir()
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.old")
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and not path.exists():  # moved aside, the new one not in place: put it back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
