@@ -45,7 +45,6 @@ declare -A COMMAND=(
 DEFAULT_PARTS=(env cuda gpu-16 memory-64)
 
 if [ "${1:-}" = "--prepare" ]; then
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl diffusers==0.42.1 importlib_metadata zipp
