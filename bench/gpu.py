@@ -65,7 +65,7 @@ def byte_tokenizer(folder: str):
     """A real CLIPTokenizer over a byte-level vocabulary without merges (tiny files, real code path)."""
     from transformers import CLIPTokenizer
 
-    from videofusion.training.tokenizer import byte_to_character
+    from videofusion.demo.tokenizer import byte_to_character
     chars = list(byte_to_character().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     Path(folder, "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import diffusers
 
-    from videofusion.saving import atomic_write_text
+    from videofusion.io.saving import atomic_write_text
     note("building diffusers' and videofusion's models")
     ref, ours = build(args.tiny, device, dtype)
     ceiling = matmul_ceiling(device, dtype)

@@ -24,7 +24,7 @@ MS_SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.
 
 def write_tiny_clip_vocab(dirname: str) -> None:
     """A byte-level CLIP vocabulary with no merges: the real CLIPTokenizer code path, tiny files."""
-    from videofusion.training.tokenizer import byte_to_character
+    from videofusion.demo.tokenizer import byte_to_character
     chars = list(byte_to_character().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     os.makedirs(dirname, exist_ok=True)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from videofusion.batch import (ERRORS, MANIFEST, BatchOptions, BatchWorker, OutputFolder, item_spec, plan, run_batch,
+from videofusion.apps.batch import (ERRORS, MANIFEST, BatchOptions, BatchWorker, OutputFolder, item_spec, plan, run_batch,
                                run_spec)
-from videofusion.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
-from videofusion.cli import main
+from videofusion.apps.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
+from videofusion.apps.cli import main
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'videofusion[distributed]')")
@@ -169,7 +169,7 @@ def test_worker_reports_a_failing_item_and_makes_the_others(tiny_pipeline_dir, m
     assert (ok["num_frames"], ok["height"], ok["width"]) == (2, 16, 16) and out["mp4"][0][4:8] == b"ftyp"
     # the item's video is the public API's for that seed
     from videofusion import DiffusionPipeline
-    from videofusion.video import to_uint8_frames
+    from videofusion.io.video import to_uint8_frames
     pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("a red circle", generator=[torch.Generator().manual_seed(3)], **FAST).frames[0]
@@ -277,7 +277,7 @@ def test_kill_the_job_then_rerun_finishes_without_loss_or_duplicates(ray_cluster
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"a shape {i}", "id": f"v{i:02d}", "num_frames": 2,
                                                   "num_inference_steps": 8} for i in range(12)])
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "videofusion.cli", "batch", str(prompts), "-o", str(out), "--model",
+    command = [sys.executable, "-m", "videofusion.apps.main", "batch", str(prompts), "-o", str(out), "--model",
                tiny_pipeline_dir, "--workers", "2", "--threads", "1", "-q"]
     log = open(tmp_path / "job.log", "w")
     job = subprocess.Popen(command + ["--ray-address", ray_cluster], stdout=log, stderr=subprocess.STDOUT)

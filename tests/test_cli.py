@@ -5,7 +5,7 @@ import sys
 import av
 import pytest
 
-from videofusion.cli import main
+from videofusion.apps.cli import main
 
 
 def test_generate_writes_an_h264_mp4_and_prints_the_path(tiny_pipeline_dir, tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_generate_writes_an_h264_mp4_and_prints_the_path(tiny_pipeline_dir, tmp_
 
 
 def test_generate_gif_and_same_seed_same_video(tiny_pipeline_dir, tmp_path):
-    from videofusion.video import load_video
+    from videofusion.io.video import load_video
     args = ["generate", "a blue square", "--model", tiny_pipeline_dir, "--steps", "2", "--num-frames", "3",
             "--seed", "7", "--quiet", "--fps", "4"]
     assert main(args + ["--output", str(tmp_path / "a.gif")]) == 0
@@ -49,7 +49,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_pipeline_dir, tmp_path, caps
 
 
 def test_missing_model_folder_is_exit_code_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "videofusion.cli", "generate", "x", "--model",
+    result = subprocess.run([sys.executable, "-m", "videofusion.apps.main", "generate", "x", "--model",
                              str(tmp_path / "nothing-here")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nothing-here" in result.stderr and "Traceback" not in result.stderr

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from videofusion.evaluation import analyse_clip, classify_colour, parse_prompt, score_clip, summarise
-from videofusion.training.shapes import (
+from videofusion.demo.evaluation import analyse_clip, classify_colour, parse_prompt, score_clip, summarise
+from videofusion.demo.shapes import (
     BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS, ShapeSpec, caption, render_clip, sample_specs,
 )
 

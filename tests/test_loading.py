@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from videofusion import loading, saving
-from videofusion.loading import (
+from videofusion.io import loading, saving
+from videofusion.io.loading import (
     find_weights, load_model, load_state_dict, model_allow_patterns, parse_weight_name, pipeline_allow_patterns,
     read_model_index, resolve_pretrained, select_weight_files,
 )
-from videofusion.saving import save_model
-from videofusion.models.base import PretrainedModel
+from videofusion.io.saving import save_model
+from videofusion.models.config import PretrainedModel
 
 
 @dataclass

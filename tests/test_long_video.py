@@ -217,7 +217,7 @@ def test_pipeline_rejects_a_bad_long_video(pipe):
 
 
 def test_cli_long_video_and_num_frames_options():
-    from videofusion.cli import build_parser
+    from videofusion.apps.cli import build_parser
     parser = build_parser()
     args = parser.parse_args(["eval-demo", "--num-frames", "64", "--long-video", "16:4"])
     assert args.num_frames == 64 and args.long_video == LongVideo(16, 4)
@@ -240,7 +240,7 @@ def test_evaluate_demo_passes_num_frames_and_long_video(tiny_pipeline_dir):
 
 
 def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
-    from videofusion.cli import build_parser
+    from videofusion.apps.cli import build_parser
     from videofusion.demo import evaluate_demo
     assert build_parser().parse_args(["eval-demo", "--guidance-scale", "3"]).guidance_scale == 3.0
     reports = [evaluate_demo(tiny_pipeline_dir, seeds=1, heldout_seeds=0, max_combos=1, num_frames=8,
@@ -252,7 +252,7 @@ def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
 def test_eval_demo_cli_prints_segment_columns_for_long_videos(tiny_pipeline_dir, tmp_path, capsys):
     import json
 
-    from videofusion.cli import main
+    from videofusion.apps.cli import main
     report_path = tmp_path / "report.json"
     assert main(["eval-demo", "--model", str(tiny_pipeline_dir), "--seeds", "1", "--heldout-seeds", "0",
                  "--max-combos", "1", "--num-frames", "20", "--steps", "1", "--output", str(report_path)]) == 0

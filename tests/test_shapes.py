@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from videofusion.training.shapes import (
+from videofusion.demo.shapes import (
     BACKGROUNDS, COLOURS, DIRECTIONS, HELD_OUT, SHAPES, SIZES, SPEEDS, ShapeSpec, ShapesDataset,
     caption, combos, coverage, make_dataset, render_clip, sample_specs, trajectory,
 )
@@ -98,7 +98,7 @@ def test_cross_spread_keeps_the_path_near_the_middle():
 
 
 def test_trail_draws_faded_copies_behind_the_shape_only():
-    from videofusion.evaluation import score_clip
+    from videofusion.demo.evaluation import score_clip
     from videofusion.training.data import open_dataset
 
     spec = ShapeSpec("red", "circle", "left", speed="slow", size="medium", start=(0.5, 0.5))
@@ -212,8 +212,8 @@ def test_dataset_renders_deterministic_items_and_batches():
 
 
 def test_make_dataset_writes_mp4_and_caption_pairs(tmp_path):
-    from videofusion.evaluation import score_clip
-    from videofusion.video import load_video
+    from videofusion.demo.evaluation import score_clip
+    from videofusion.io.video import load_video
 
     paths = make_dataset(tmp_path / "shapes", n=3, seed=1, num_frames=8, height=64, width=64)
     specs = sample_specs(3, seed=1)

@@ -69,7 +69,7 @@ def test_decomposed_noise_depends_only_on_each_videos_generator():
 
 def test_video_folder_and_manifest_datasets(tmp_path):
     from videofusion.training.data import VideoCaptionDataset, captions_of
-    from videofusion.training.shapes import make_dataset
+    from videofusion.demo.shapes import make_dataset
     make_dataset(tmp_path / "clips", n=3, seed=0, num_frames=6, height=32, width=48)
     folder = VideoCaptionDataset(tmp_path / "clips", num_frames=4, height=16, width=16)
     assert len(folder) == 3
@@ -93,7 +93,7 @@ def test_video_folder_and_manifest_datasets(tmp_path):
 
 
 def test_learned_tokenizer_gives_one_token_per_word(tmp_path):
-    from videofusion.training.tokenizer import build_clip_tokenizer
+    from videofusion.demo.tokenizer import build_clip_tokenizer
     tok = build_clip_tokenizer(["a", "red", "green", "circle", "moving", "left"], tmp_path, model_max_length=16)
     ids = tok("a red circle moving left").input_ids
     assert tok.convert_ids_to_tokens(ids) == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "moving</w>",
@@ -166,8 +166,8 @@ def test_loss_curve_png(tmp_path):
 def test_autoencoder_training_and_scaling_factor():
     from helpers import TINY_VAE
     from videofusion.models import AutoencoderKL
-    from videofusion.training.autoencoder import fit_scaling_factor, train_autoencoder
-    from videofusion.training.shapes import ShapesDataset
+    from videofusion.demo.autoencoder import fit_scaling_factor, train_autoencoder
+    from videofusion.demo.shapes import ShapesDataset
     torch.manual_seed(0)
     vae = AutoencoderKL(**TINY_VAE)
     data = ShapesDataset(4, seed=0, num_frames=4, height=16, width=16)
@@ -187,9 +187,9 @@ def test_autoencoder_training_and_scaling_factor():
 def test_colour_anchored_autoencoder_whitens_cell_colours_and_rescales_free_channels():
     from helpers import TINY_VAE
     from videofusion.models import AutoencoderKL
-    from videofusion.training.autoencoder import (anchor_target, colour_whitening, scale_free_channels,
+    from videofusion.demo.autoencoder import (anchor_target, colour_whitening, scale_free_channels,
                                                   train_autoencoder)
-    from videofusion.training.shapes import ShapesDataset
+    from videofusion.demo.shapes import ShapesDataset
     data = ShapesDataset(8, seed=0, num_frames=4, height=16, width=16)
     factor = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
     mean, matrix = colour_whitening(data, factor, num_clips=32)
@@ -228,7 +228,7 @@ def test_colour_anchored_autoencoder_whitens_cell_colours_and_rescales_free_chan
 def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
-    from videofusion.training.demo_recipe import init_demo_pipeline
+    from videofusion.demo.recipe import init_demo_pipeline
     plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False, token_embedding_scale=1)
     words = init_demo_pipeline(tmp_path / "words", vae_from=DEMO_MODEL_PATH, progress=False)  # the default: 50
     a, b = (TextToVideoSDPipeline.from_pretrained(str(p)) for p in (plain, words))
@@ -250,7 +250,7 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
 def test_init_demo_interrupted_leaves_the_old_folder(tmp_path, monkeypatch):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
-    from videofusion.training.demo_recipe import init_demo_pipeline
+    from videofusion.demo.recipe import init_demo_pipeline
     out = init_demo_pipeline(tmp_path / "init", vae_from=DEMO_MODEL_PATH, progress=False)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     save = TextToVideoSDPipeline.save_pretrained
@@ -269,7 +269,7 @@ def test_init_demo_interrupted_leaves_the_old_folder(tmp_path, monkeypatch):
 def test_broadcast_caption_puts_every_word_into_the_padding_positions(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
-    from videofusion.training.demo_recipe import init_demo_pipeline
+    from videofusion.demo.recipe import init_demo_pipeline
     plain = init_demo_pipeline(tmp_path / "plain", vae_from=DEMO_MODEL_PATH, progress=False, broadcast_caption=False)
     spread = init_demo_pipeline(tmp_path / "spread", vae_from=DEMO_MODEL_PATH, progress=False, broadcast_caption=True)
     a, b = (TextToVideoSDPipeline.from_pretrained(str(p)) for p in (plain, spread))
@@ -294,7 +294,7 @@ def test_broadcast_caption_puts_every_word_into_the_padding_positions(tmp_path):
 def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
-    from videofusion.training.demo_recipe import FREE_CHANNEL_STD, init_demo_pipeline
+    from videofusion.demo.recipe import FREE_CHANNEL_STD, init_demo_pipeline
     out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False)  # the shipped recipe
     pipe = TextToVideoSDPipeline.from_pretrained(str(out))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 8
@@ -303,8 +303,8 @@ def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
         z = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
     assert z.shape == (1, 4, 8, 8)
     # the free channel is rescaled to FREE_CHANNEL_STD over the clips (frames of seed-1 clips, as init-demo draws)
-    from videofusion.training.autoencoder import _frames
-    from videofusion.training.shapes import ShapesDataset
+    from videofusion.demo.autoencoder import _frames
+    from videofusion.demo.shapes import ShapesDataset
     frames = _frames(ShapesDataset(2000, seed=1), list(range(32)), 4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         free = pipe.vae.encode(frames).latent_dist.mode()[:, 3]
@@ -319,7 +319,7 @@ def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
 
 
 def test_foreground_coverage_is_the_shapes_share_of_each_latent_pixel():
-    from videofusion.training.shapes import ShapeSpec, coverage, render_clip, trajectory
+    from videofusion.demo.shapes import ShapeSpec, coverage, render_clip, trajectory
     from videofusion.training.train import foreground_coverage
     spec = ShapeSpec("red", "square", "right", size="large")
     clip = torch.from_numpy(render_clip(spec, 4, 32, 32)).permute(3, 0, 1, 2).float()[None] / 127.5 - 1

@@ -11,7 +11,7 @@ import torch
 import diffusers
 from diffusers.models.embeddings import get_timestep_embedding
 from videofusion.models import UNet3DConditionModel, UNet3DConditionOutput, UNet3DConfig
-from videofusion.models.base import config_to_dict
+from videofusion.models.config import config_to_dict
 from videofusion.models.layers import timestep_embedding
 
 pytestmark = pytest.mark.usefixtures("models_one_thread")

@@ -9,7 +9,7 @@ import torch
 
 import diffusers
 from videofusion.models import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, VAEConfig
-from videofusion.models.base import config_to_dict
+from videofusion.models.config import config_to_dict
 
 pytestmark = pytest.mark.usefixtures("models_one_thread")
 

@@ -11,8 +11,8 @@ import PIL.Image
 import pytest
 import torch
 
-import videofusion.video as video
-from videofusion.video import VideoWriter, export_to_gif, export_to_video, load_video, to_uint8_frames
+import videofusion.io.video as video
+from videofusion.io.video import VideoWriter, export_to_gif, export_to_video, load_video, to_uint8_frames
 
 NUM_FRAMES, HEIGHT, WIDTH = 6, 32, 48
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from videofusion import DiffusionPipeline
-from videofusion.cli import build_parser, main
+from videofusion.apps.cli import build_parser, main
 from videofusion.schedulers import SCHEDULERS, make_scheduler
-from videofusion.web import DEFAULT_SCHEDULER, MAX_SEED, Limits, WebService, model_label
+from videofusion.apps.web import DEFAULT_SCHEDULER, MAX_SEED, Limits, WebService, model_label
 
 GOOD = dict(prompt="a red circle moving left", negative_prompt="", num_frames=2, num_inference_steps=2,
             guidance_scale=7.5, seed=3, scheduler=DEFAULT_SCHEDULER, fps=4)
@@ -102,10 +102,10 @@ def test_generate_writes_h264_with_progress_and_settings(service):
 def test_generate_matches_the_pipeline_called_as_the_cli_does(service, pipe, monkeypatch, scheduler):
     """Same frames as `videofusion generate` with the same settings (per-video generator, fresh scheduler),
     and the loaded pipeline's scheduler is left as it was."""
-    import videofusion.video
+    import videofusion.io.video
     captured = []
-    real_export = videofusion.video.export_to_video
-    monkeypatch.setattr(videofusion.video, "export_to_video",
+    real_export = videofusion.io.video.export_to_video
+    monkeypatch.setattr(videofusion.io.video, "export_to_video",
                         lambda frames, path, fps: captured.append(frames.copy()) or real_export(frames, path, fps))
     base = pipe.scheduler
     _, settings = service.generate(validate(service, scheduler=scheduler, negative_prompt="blurry", seed=11))
@@ -119,7 +119,7 @@ def test_generate_matches_the_pipeline_called_as_the_cli_does(service, pipe, mon
         pipe.scheduler = base
     assert captured and (captured[0] == expected).all()
     other_seed = []
-    monkeypatch.setattr(videofusion.video, "export_to_video",
+    monkeypatch.setattr(videofusion.io.video, "export_to_video",
                         lambda frames, path, fps: other_seed.append(frames.copy()) or path)
     service.generate(validate(service, scheduler=scheduler, negative_prompt="blurry", seed=12))
     assert not (other_seed[0] == expected).all()
@@ -153,7 +153,7 @@ def test_a_failing_call_restores_the_scheduler_and_releases_the_lock(service, pi
 
 def test_app_builds_with_limits_queue_and_a_generate_endpoint(service):
     gr = pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
-    from videofusion.web import build_app
+    from videofusion.apps.web import build_app
     app = build_app(service)
     assert isinstance(app, gr.Blocks)
     assert app._queue.default_concurrency_limit == 1 and app._queue.max_size == 20

@@ -7,8 +7,8 @@ A drop-in for diffusers' ``TextToVideoSDPipeline``::
 from .models import AutoencoderKL, UNet3DConditionModel
 from .long_video import LongVideo
 from .noise import initial_latents
-from .pipeline import TextToVideoSDPipeline, TextToVideoSDPipelineOutput
-from .pipelines import DiffusionPipeline
+from .pipelines.text_to_video import TextToVideoSDPipeline, TextToVideoSDPipelineOutput
+from .pipelines.registry import DiffusionPipeline
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -22,7 +22,7 @@ from .schedulers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from .video import export_to_gif, export_to_video, load_video
+from .io.video import export_to_gif, export_to_video, load_video
 
 __version__ = "0.1.0"
 

@@ -59,7 +59,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "videofusion.cli", "web", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "videofusion.apps.main", "web", "--port", str(port),
                                  "--max-frames", str(NUM_FRAMES), "--max-steps", str(STEPS), "--threads", "1"],
                                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -189,7 +189,7 @@ def test_five_concurrent_requests_all_complete_and_a_bad_one_does_not_stop_the_s
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from videofusion.video import load_video
+    from videofusion.io.video import load_video
     client = Client(server, verbose=False, download_files=str(artifacts_dir() / "downloads"))
     jobs = [client.submit(f"a blue square moving up {i}", "", 4, STEPS, 7.5, i, "default", 8, api_name="/generate")
             for i in range(5)]

@@ -1,5 +1,5 @@
 """The models: UNet3D denoiser and image VAE (diffusers-compatible configs and state dicts)."""
-from .base import PretrainedModel
+from .config import PretrainedModel
 from .unet3d import UNet3DConditionModel, UNet3DConditionOutput, UNet3DConfig
 from .vae import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution, VAEConfig
 

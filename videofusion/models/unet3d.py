@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import PretrainedModel
+from .config import PretrainedModel
 from .chunking import map_rows
 from .layers import (
     Downsample2D,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..noise import randn
-from .base import PretrainedModel
+from .config import PretrainedModel
 from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation,
                      config_error, positive_int)
 

@@ -376,10 +376,10 @@ class Scheduler:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "Scheduler":
         """Load ``<path>/<subfolder>/scheduler_config.json``. A path that is not a local folder is
-        resolved as a Hub id by :func:`videofusion.loading.resolve_pretrained`."""
+        resolved as a Hub id by :func:`videofusion.io.loading.resolve_pretrained`."""
         root = Path(path)
         if not root.is_dir():
-            from videofusion.loading import resolve_pretrained  # lazy: hub machinery only when needed
+            from videofusion.io.loading import resolve_pretrained  # lazy: hub machinery only when needed
 
             root = Path(resolve_pretrained(str(path), subfolder=subfolder))
         folder = root / subfolder if subfolder else root

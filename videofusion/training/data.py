@@ -1,5 +1,5 @@
 """Training data: videos with captions, as items ``{"video": (3, num_frames, height, width) in [-1, 1],
-"caption": str}`` (the layout of :class:`videofusion.training.shapes.ShapesDataset`).
+"caption": str}`` (the layout of :class:`videofusion.demo.shapes.ShapesDataset`).
 
 Two on-disk layouts:
 
@@ -88,7 +88,7 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        from ..video import load_video
+        from ..io.video import load_video
         path, text = self.items[index]
         frames = np.stack([np.asarray(im.convert("RGB")) for im in load_video(str(path))])
         frames = frames[:: self.frame_stride][: self.num_frames]
@@ -114,11 +114,11 @@ def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
     ``"start_spread"``, ``"cross_spread"``, ``"trail"`` and ``"detailed_captions"``) for N synthetic moving-shape clips
-    (:class:`~videofusion.training.shapes.ShapesDataset`)."""
+    (:class:`~videofusion.demo.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
-        from .shapes import ShapesDataset
+        from ..demo.shapes import ShapesDataset
         accepted = ("shapes", "seed", "start_spread", "cross_spread", "trail", "detailed_captions")
         unknown = sorted(set(spec) - set(accepted))
         if unknown:
@@ -135,7 +135,7 @@ def captions_of(dataset) -> list[str]:
     """Every item's caption, without decoding or rendering any video."""
     if isinstance(dataset, VideoCaptionDataset):
         return [text for _, text in dataset.items]
-    from .shapes import ShapesDataset
+    from ..demo.shapes import ShapesDataset
     if isinstance(dataset, ShapesDataset):
         return [dataset.caption(i) for i in range(len(dataset))]
     return [dataset[i]["caption"] for i in range(len(dataset))]

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..noise import initial_latents
-from ..saving import atomic_write, atomic_write_text
+from ..io.saving import atomic_write, atomic_write_text
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pt"
@@ -243,7 +243,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, then the trained pipeline
     to ``output_dir/model`` (diffusers layout) and ``loss.png``. All files are written atomically.
     """
-    from ..pipeline import TextToVideoSDPipeline
+    from ..pipelines.text_to_video import TextToVideoSDPipeline
     from ..schedulers import DDPMScheduler
     from .data import captions_of, open_dataset
 

@@ -77,7 +77,7 @@ def save(model, class_name: str, folder: str) -> None:
     """config.json + diffusion_pytorch_model.safetensors, as diffusers writes them."""
     from safetensors.torch import save_file
 
-    from videofusion.models.base import config_to_dict
+    from videofusion.models.config import config_to_dict
     os.makedirs(folder, exist_ok=True)
     config = {"_class_name": class_name, "_diffusers_version": "0.42.1", **config_to_dict(model.config)}
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"

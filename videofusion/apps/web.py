@@ -116,7 +116,7 @@ class WebService:
     def __init__(self, pipe, model_name: str, limits: Limits | None = None, defaults: dict | None = None,
                  examples: tuple[str, ...] = HUB_EXAMPLES, output_dir: str | None = None,
                  keep_seconds: float = 3600.0, is_demo: bool = False):
-        from .schedulers import SCHEDULERS
+        from ..schedulers import SCHEDULERS
         limits = limits or Limits()
         self.pipe = pipe
         self.model_name = model_name
@@ -168,8 +168,8 @@ class WebService:
         import torch
 
         from .cli import slug
-        from .schedulers import make_scheduler
-        from .video import export_to_video
+        from ..schedulers import make_scheduler
+        from ..io.video import export_to_video
 
         def callback(step: int, timestep, latents) -> None:  # the pipeline's: step index from 0
             on_step(step + 1, request.num_inference_steps)
@@ -331,9 +331,9 @@ def serve(args) -> int:
     """Run ``videofusion web``: check the options, load the pipeline once, serve until interrupted."""
     import torch
 
-    from . import DiffusionPipeline
+    from .. import DiffusionPipeline
     from .cli import CLIError, default_model, pick_device, pick_dtype
-    from .demo import DEMO_MODEL_PATH, generation_defaults
+    from ..demo import DEMO_MODEL_PATH, generation_defaults
 
     if not 0 < args.port < 65536:
         raise CLIError(f"--port: must be from 1 to 65535, got {args.port}")

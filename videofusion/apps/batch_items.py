@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .noise import NOISE_MODES
-from .pipeline import check_sizes
+from ..noise import NOISE_MODES
+from ..pipelines.text_to_video import check_sizes
 
 # Per-item settings: exactly the pipeline call's keyword arguments, with their defaults.
 PIPELINE_DEFAULTS: dict[str, Any] = {

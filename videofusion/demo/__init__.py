@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_MODEL_PATH = Path(__file__).parent / "data" / "demo-model"
+DEMO_MODEL_PATH = Path(__file__).parent / "model"
 
 # Settings the demo model was trained and evaluated with (its native size and a short schedule).
 DEMO_DEFAULTS = {"num_frames": 16, "num_inference_steps": 25, "guidance_scale": 7.5}
@@ -26,7 +26,7 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
 
     Generates ``"a <colour> <shape> moving <direction>"`` for the training combinations (``seeds``
     seeds each, at most ``max_combos`` of them, spread evenly) and for every held-out combination
-    (``heldout_seeds`` seeds each), scores each video with :func:`videofusion.evaluation.score_clip`
+    (``heldout_seeds`` seeds each), scores each video with :func:`videofusion.demo.evaluation.score_clip`
     and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
     split uses seed ``k``, so runs are reproducible and comparable between models. ``num_frames`` and
     ``long_video`` (a :class:`videofusion.long_video.LongVideo`, or None) go to every call, e.g. 64
@@ -39,8 +39,8 @@ def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int =
     from tqdm.auto import tqdm
 
     from .evaluation import score_clip, summarise
-    from .pipelines import DiffusionPipeline
-    from .training.shapes import combos
+    from ..pipelines.registry import DiffusionPipeline
+    from .shapes import combos
 
     model = model or str(DEMO_MODEL_PATH)
     settings = {**DEMO_DEFAULTS, **generation_defaults(model), "num_frames": num_frames}

@@ -28,7 +28,7 @@ def decoded_chunks(decode: Callable[[torch.Tensor], torch.Tensor], latents: torc
 
 def video_writers(output_path: str | os.PathLike | list | tuple | None, num_videos: int,
                   fps: float) -> list[VideoWriter] | None:
-    """One :class:`~videofusion.video.VideoWriter` per video (no file is touched yet), checking the
+    """One :class:`~videofusion.io.video.VideoWriter` per video (no file is touched yet), checking the
     paths and fps before any model runs. ``output_path``: None (no writers), a path (one video), or a
     list with one path per video."""
     if output_path is None:

@@ -1,7 +1,7 @@
 """TextToVideoSDPipeline: prompt -> text embeddings -> denoised video latents -> frames.
 
 Wiring only: the math lives in the models and schedulers, the file formats in
-:mod:`videofusion.folders` and :mod:`videofusion.loading`, the device moves in
+:mod:`videofusion.pipelines.folders` and :mod:`videofusion.io.loading`, the device moves in
 :mod:`videofusion.runtime`. Numbers match diffusers' ``TextToVideoSDPipeline`` for the same
 components, inputs and generator.
 """
@@ -15,12 +15,12 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .decode import decoded_chunks, video_writers, write_videos
-from .long_video import LongVideo, check_long_video, long_video_latents
-from .noise import NOISE_MODES
-from .runtime.fast import FastPath
-from .runtime.offload import ModelOffload, SequentialOffload, accelerator_device, warn_no_accelerator
-from .runtime.streamed import DEFAULT_BLOCK_BYTES, StreamedOffload
+from ..io.streaming import decoded_chunks, video_writers, write_videos
+from ..long_video import LongVideo, check_long_video, long_video_latents
+from ..noise import NOISE_MODES
+from ..runtime.fast import FastPath
+from ..runtime.offload import ModelOffload, SequentialOffload, accelerator_device, warn_no_accelerator
+from ..runtime.streamed import DEFAULT_BLOCK_BYTES, StreamedOffload
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 

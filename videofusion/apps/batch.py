@@ -1,7 +1,7 @@
 """Batch generation on Ray: many prompts from a JSONL file, one pipeline per worker, resumable.
 
 Each line of the prompts file is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., <settings>}``
-(see :mod:`videofusion.batch_items`). :func:`run_batch` reads and checks every line first (a bad line is reported
+(see :mod:`videofusion.apps.batch_items`). :func:`run_batch` reads and checks every line first (a bad line is reported
 with its line number and skipped; the others still run), skips the items a previous run finished, and
 sends the rest through a Ray Data pipeline whose workers (:class:`BatchWorker`, Ray actors) each load
 the pipeline once. Workers return the encoded mp4 bytes; the driver writes ``DIR/<id>.mp4`` atomically
@@ -73,7 +73,7 @@ class BatchOptions:
 
     def check(self) -> None:
         """ValueError naming the option unless every value is usable (cheap; no Ray, no model)."""
-        from .schedulers import SCHEDULERS
+        from ..schedulers import SCHEDULERS
         if not is_count(self.workers):
             raise ValueError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if not is_number(self.num_cpus_per_worker) or self.num_cpus_per_worker <= 0:
@@ -101,7 +101,7 @@ class BatchOptions:
 
 def resolve_defaults(options: BatchOptions) -> dict[str, Any]:
     """The settings an item starts from: pipeline defaults < the model's (demo) defaults < ``options.defaults``."""
-    from .demo import generation_defaults
+    from ..demo import generation_defaults
     return {**PIPELINE_DEFAULTS, **generation_defaults(options.model), **options.defaults}
 
 
@@ -244,8 +244,8 @@ class BatchWorker:
     def __init__(self, options: dict):
         import torch
 
-        from .pipelines import DiffusionPipeline
-        from .schedulers import make_scheduler
+        from ..pipelines.registry import DiffusionPipeline
+        from ..schedulers import make_scheduler
         torch.set_num_threads(options["threads"])
         device = options["device"]
         if device == "auto":
@@ -265,7 +265,7 @@ class BatchWorker:
         """One item -> (result, mp4 bytes). The item's own generator makes its noise."""
         import torch
 
-        from .video import export_to_video, to_uint8_frames
+        from ..io.video import export_to_video, to_uint8_frames
         t0 = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(item["seed"])
         frames = self.pipe(item["prompt"], generator=[generator], **item["settings"]).frames[0]

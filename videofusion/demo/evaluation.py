@@ -1,6 +1,6 @@
 """Prompt adherence of "moving shapes" clips: does the video show the prompt's colour, shape, direction?
 
-A model-free estimator for clips like those of :mod:`videofusion.training.shapes` (one coloured
+A model-free estimator for clips like those of :mod:`videofusion.demo.shapes` (one coloured
 shape on a plain background), built to tolerate the soft, noisy output of a small diffusion model:
 
 1. denoise with a 3x3 box blur; the background of each frame is the median of its 2-pixel border;
@@ -8,7 +8,7 @@ shape on a plain background), built to tolerate the soft, noisy output of a smal
    ``MIN_CONTRAST`` or 4x the median distance (noise level) the clip is blank: every prediction
    is ``None``;
 3. colour: the median of (pixel - background) over the "core" pixels (distance > 0.6 x contrast),
-   classified to the nearest :data:`~videofusion.training.shapes.COLOURS` entry by hue (``None``
+   classified to the nearest :data:`~videofusion.demo.shapes.COLOURS` entry by hue (``None``
    if it is grey); hue of a difference from a grey is the hue of the colour itself, and it is
    unchanged by a washed-out shape (blended with the background);
 4. coverage ``alpha`` of each pixel: the projection of (pixel - background) onto
@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from videofusion.training.shapes import COLOURS, DIRECTIONS, SHAPES, coverage
+from videofusion.demo.shapes import COLOURS, DIRECTIONS, SHAPES, coverage
 
 MIN_CONTRAST = 0.1   # colour distance (0..1 RGB units) below which a clip counts as blank
 MIN_MOTION = 0.06    # displacement over the clip, as a fraction of the frame extent, to count as motion

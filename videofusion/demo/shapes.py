@@ -1,7 +1,7 @@
 """Synthetic "moving shapes" clips: one saturated coloured shape gliding across a plain background.
 
 The data set of the built-in demo model and of the prompt-adherence evaluator
-(:mod:`videofusion.evaluation`). Everything is a pure function of a :class:`ShapeSpec`, so a clip
+(:mod:`videofusion.demo.evaluation`). Everything is a pure function of a :class:`ShapeSpec`, so a clip
 is reproducible from its spec alone, and a spec from ``(seed, index, split)`` alone.
 
 Vocabulary: :data:`COLOURS` x :data:`SHAPES` x :data:`DIRECTIONS` (72 combinations), minus the
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import clip_to_tensor
+from ..training.data import clip_to_tensor
 
 # Saturated colours, RGB 0..255, hues about 60 degrees apart (red 0, yellow 60, green 120, cyan 180,
 # blue 240, magenta 300): unambiguous by hue on a neutral background.
@@ -328,7 +328,7 @@ def make_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, num_frames: 
                  detailed_captions: bool = False) -> list[Path]:
     """Write ``n`` clips to ``out_dir`` in the training folder layout and return the mp4 paths.
 
-    Clip ``i`` becomes ``<id>.mp4`` (H.264 yuv420p via :func:`videofusion.video.export_to_video`,
+    Clip ``i`` becomes ``<id>.mp4`` (H.264 yuv420p via :func:`videofusion.io.video.export_to_video`,
     so slightly lossy; ``fps`` frames per second) and ``<id>.txt`` (its caption, no newline), with
     ``id = f"{i:06d}"``; ``specs.jsonl`` records each clip's id, caption and :class:`ShapeSpec`
     fields. Every file is written atomically. The clips are those of
@@ -337,7 +337,7 @@ def make_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, num_frames: 
     _check_geometry(num_frames, height, width)
     _check_positive_int("fps", fps)
     specs = sample_specs(n, seed, split)
-    from videofusion.video import export_to_video  # lazy: PyAV is needed only to write files
+    from videofusion.io.video import export_to_video  # lazy: PyAV is needed only to write files
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ A model class sets two class attributes and takes its config dataclass in ``__in
         def __init__(self, config: VAEConfig | None = None, **kwargs): ...
 
 ``from_config`` / ``from_pretrained`` / ``save_pretrained`` come from here and delegate the file
-work to :mod:`videofusion.loading`, so the model files hold only math.
+work to :mod:`videofusion.io.loading`, so the model files hold only math.
 """
 from __future__ import annotations
 
@@ -70,15 +70,15 @@ class PretrainedModel(nn.Module):
     def from_pretrained(cls, path_or_id: str, subfolder: str | None = None,
                         torch_dtype: torch.dtype | None = None, variant: str | None = None,
                         **kwargs) -> "PretrainedModel":
-        """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.loading.load_model`."""
-        from ..loading import load_model
+        """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.io.loading.load_model`."""
+        from ..io.loading import load_model
         return load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=torch_dtype,
                           variant=variant, **kwargs)
 
     def save_pretrained(self, save_directory: str, variant: str | None = None,
                         safe_serialization: bool = True, **kwargs) -> None:
-        """Write ``config.json`` and the weights, atomically. See :func:`videofusion.saving.save_model`."""
-        from ..saving import save_model
+        """Write ``config.json`` and the weights, atomically. See :func:`videofusion.io.saving.save_model`."""
+        from ..io.saving import save_model
         save_model(self, save_directory, variant=variant, safe_serialization=safe_serialization, **kwargs)
 
     @property

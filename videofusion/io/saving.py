@@ -64,7 +64,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def save_model(model: nn.Module, save_directory: str | os.PathLike, variant: str | None = None,
                safe_serialization: bool = True, max_shard_size: int | str | None = None) -> None:
-    """Write ``config.json`` and the weights of a :class:`~videofusion.models.base.PretrainedModel`, atomically,
+    """Write ``config.json`` and the weights of a :class:`~videofusion.models.config.PretrainedModel`, atomically,
     as diffusers' ``save_pretrained`` does (so ``diffusers.<Class>.from_pretrained(dir, variant=...)`` loads it).
 
     ``max_shard_size`` (bytes, or a string such as ``"5GB"``) splits the weights into shards
@@ -74,7 +74,7 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, variant: str
     """
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    from .models.base import config_to_dict
+    from ..models.config import config_to_dict
 
     check_variant(variant)
     folder = Path(save_directory)

@@ -17,7 +17,7 @@ subfolder per component.
 Loading builds the model with its parameters on the meta device (no memory, no random init:
 :func:`empty_parameters`), maps safetensors zero-copy (``mmap``), and assigns the mapped tensors
 as the parameters, so load time is about the time to build the module tree and peak memory is
-the weights' size at most. Saving, to the same names, is :mod:`videofusion.saving`.
+the weights' size at most. Saving, to the same names, is :mod:`videofusion.io.saving`.
 """
 from __future__ import annotations
 
@@ -471,7 +471,7 @@ def check_dtype(torch_dtype: Any) -> None:
 def load_model(cls: type, path_or_id: str | os.PathLike, subfolder: str | None = None,
                torch_dtype: torch.dtype | None = None, variant: str | None = None, **hub_kwargs: Any):
     """Load a diffusers-format model folder (or Hub id, see :func:`resolve_pretrained` for ``hub_kwargs``:
-    cache_dir, revision, local_files_only) into ``cls`` (a :class:`~videofusion.models.base.PretrainedModel`).
+    cache_dir, revision, local_files_only) into ``cls`` (a :class:`~videofusion.models.config.PretrainedModel`).
 
     Reads ``config.json``, builds the model with parameters on the meta device (no random init),
     maps the weights (:func:`find_weights`) and assigns them with strict key checking. dtype as

@@ -16,7 +16,7 @@ class CLIError(Exception):
 
 def default_model() -> str:
     """The built-in demo model shipped in the package, if present."""
-    from .demo import DEMO_MODEL_PATH
+    from ..demo import DEMO_MODEL_PATH
     if not DEMO_MODEL_PATH.is_dir():
         raise CLIError("--model: no built-in demo model is installed; pass a model folder or Hub id")
     return str(DEMO_MODEL_PATH)
@@ -46,7 +46,7 @@ def pick_dtype(name: str, device):
 
 def long_video_arg(text: str):
     """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo."""
-    from .long_video import LongVideo
+    from ..long_video import LongVideo
     window, _, stride = text.partition(":")
     try:
         return LongVideo(int(window), int(stride) if stride else min(4, int(window)))
@@ -56,7 +56,7 @@ def long_video_arg(text: str):
 
 
 def add_generate(sub) -> None:
-    from .schedulers import SCHEDULERS
+    from ..schedulers import SCHEDULERS
     p = sub.add_parser("generate", help="generate a video from a prompt",
                        description="Generate a video from a text prompt and write it as mp4 or gif.")
     p.add_argument("prompt", help="what the video shows")
@@ -89,11 +89,11 @@ def add_generate(sub) -> None:
 
 def run_generate(args) -> int:
     import torch
-    from . import DiffusionPipeline
-    from .demo import generation_defaults
-    from .pipeline import check_sizes
-    from .schedulers import make_scheduler
-    from .video import export_to_gif, export_to_video
+    from .. import DiffusionPipeline
+    from ..demo import generation_defaults
+    from ..pipelines.text_to_video import check_sizes
+    from ..schedulers import make_scheduler
+    from ..io.video import export_to_gif, export_to_video
 
     output = Path(args.output) if args.output else Path(slug(args.prompt) + ".mp4")
     if output.suffix.lower() not in (".mp4", ".gif"):
@@ -177,7 +177,7 @@ def add_training(sub) -> None:
 
 def run_train(args) -> int:
     import torch
-    from .training.train import TrainConfig, train
+    from ..training.train import TrainConfig, train
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in dict(steps=args.steps, output_dir=args.output_dir,
@@ -190,7 +190,7 @@ def run_train(args) -> int:
 
 
 def run_init_demo(args) -> int:
-    from .training.demo_recipe import init_demo_pipeline
+    from ..demo.recipe import init_demo_pipeline
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
                              vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale,
                              vae_downsample=args.vae_downsample, anchor_colours=args.anchor_colours,
@@ -221,7 +221,7 @@ def add_eval_demo(sub) -> None:
 def run_eval_demo(args) -> int:
     import json
     import torch
-    from .demo import evaluate_demo
+    from ..demo import evaluate_demo
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -241,7 +241,7 @@ def run_eval_demo(args) -> int:
         print(f"{split:8} {r['n']:>6} " + " ".join(cells))
     print(f"({time.perf_counter() - t0:.0f} s; settings {report['settings']})")
     if args.output:
-        from .saving import atomic_write_text
+        from ..io.saving import atomic_write_text
         atomic_write_text(args.output, json.dumps(report, indent=1, default=str) + "\n")
     return 0
 
@@ -261,7 +261,7 @@ def run_web(args) -> int:
 
 
 def add_batch(sub) -> None:
-    from .schedulers import SCHEDULERS
+    from ..schedulers import SCHEDULERS
     p = sub.add_parser("batch", help="generate a video for every line of a JSONL file, on Ray (resumable)",
                        description="Generate DIR/<id>.mp4 for each line {\"prompt\": ..., optional \"id\", \"seed\", "
                                    "\"negative_prompt\", \"num_frames\", \"num_inference_steps\", \"guidance_scale\", "

@@ -17,9 +17,9 @@ DIFFUSERS_VERSION = "0.42.1"
 
 
 def _component_loaders() -> dict[str, Any]:
-    from .models import AutoencoderKL, UNet3DConditionModel
-    from .models.text import load_text_encoder, load_tokenizer
-    from .schedulers import get_scheduler_class
+    from ..models import AutoencoderKL, UNet3DConditionModel
+    from ..models.text import load_text_encoder, load_tokenizer
+    from ..schedulers import get_scheduler_class
 
     def model(cls):
         return lambda folder, name, dtype, variant: cls.from_pretrained(
@@ -37,14 +37,14 @@ def _component_loaders() -> dict[str, Any]:
         "CLIPTokenizer": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
         "CLIPTokenizerFast": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
     }
-    from .schedulers import SCHEDULER_CLASSES
+    from ..schedulers import SCHEDULER_CLASSES
     for cls in SCHEDULER_CLASSES:
         loaders[cls.__name__] = scheduler(cls.__name__)
     return loaders
 
 
 def pipeline_class_name(folder: str | os.PathLike) -> str:
-    from .loading import read_model_index
+    from ..io.loading import read_model_index
     return read_model_index(folder)["_class_name"]
 
 
@@ -57,7 +57,7 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dty
     ``overrides`` maps component names to ready objects that replace the folder's
     (``scheduler=DPMSolverMultistepScheduler(...)``); any other keyword is an error.
     """
-    from .loading import read_model_index, resolve_pretrained
+    from ..io.loading import read_model_index, resolve_pretrained
     names = tuple(names)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -91,7 +91,7 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dty
 def component_variant(folder: str | os.PathLike, name: str, variant: str | None) -> str | None:
     """``variant`` if the component has weights of that variant, else ``None`` (its plain weights), as
     diffusers' pipelines do: a folder may ship fp16 files for some components only."""
-    from .loading import select_weight_files
+    from ..io.loading import select_weight_files
     if variant is None:
         return None
     files = os.listdir(Path(folder) / name)
@@ -106,7 +106,7 @@ def _library_of(obj: Any) -> str:
 def save_pipeline(class_name: str, components: dict[str, Any], save_directory: str | os.PathLike, *,
                   variant: str | None = None, safe_serialization: bool = True) -> None:
     """Write ``model_index.json`` and each component's subfolder; every file is written atomically."""
-    from .saving import atomic_write_text
+    from ..io.saving import atomic_write_text
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}

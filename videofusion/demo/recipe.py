@@ -1,11 +1,11 @@
 """The recipe of the built-in demo model: a tiny text-to-video pipeline trained from scratch on
-synthetic moving shapes (:mod:`videofusion.training.shapes`), 16 frames of 64x64 pixels.
+synthetic moving shapes (:mod:`videofusion.demo.shapes`), 16 frames of 64x64 pixels.
 
 Steps (each reproducible from the repo, see docs/demo-model.md):
 
 1. :func:`init_demo_pipeline` writes a starting pipeline folder: a CLIP tokenizer learned from the
    caption vocabulary, a random tiny CLIP text encoder, a tiny VAE *trained* on the clips' frames
-   (:func:`~videofusion.training.autoencoder.train_autoencoder`), a random tiny UNet3D and the
+   (:func:`~videofusion.demo.autoencoder.train_autoencoder`), a random tiny UNet3D and the
    ModelScope DDIM scheduler config. (``videofusion init-demo OUT``)
 2. ``videofusion train configs/demo.toml`` trains the UNet and the text encoder on the clips.
 """
@@ -78,7 +78,7 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
 
     ``anchor_colours`` (default True): train the VAE with colour-anchored latents (channels 0-2 = the whitened mean colour
     of each latent cell, channel 3 free at standard deviation :data:`FREE_CHANNEL_STD`, ``scaling_factor``
-    1; see :mod:`~videofusion.training.autoencoder`), so the UNet's loss weighs the shape's colour and
+    1; see :mod:`~videofusion.demo.autoencoder`), so the UNet's loss weighs the shape's colour and
     position as much as the background.
 
     ``broadcast_caption`` (default False): the text encoder's first layer attends uniformly (causal mean over
@@ -89,9 +89,9 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
     ``vae_steps`` gives the same result, ~7 minutes sooner on 2 CPU cores).
     """
-    from ..saving import atomic_folder
+    from ..io.saving import atomic_folder
     from ..models import AutoencoderKL, UNet3DConditionModel
-    from ..pipeline import TextToVideoSDPipeline
+    from ..pipelines.text_to_video import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler
     from .autoencoder import colour_whitening, fit_scaling_factor, scale_free_channels, train_autoencoder
     from .tokenizer import build_clip_tokenizer

@@ -1,0 +1,1 @@
+"""Files: checkpoint folders and the Hub, atomic saving, video files."""
