@@ -21,7 +21,7 @@ import torch
 from videofusion.apps.batch import (ERRORS, MANIFEST, BatchOptions, BatchWorker, OutputFolder, item_spec, plan, run_batch,
                                run_spec)
 from videofusion.apps.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
-from videofusion.apps.cli import main
+from videofusion.apps.main import main
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'videofusion[distributed]')")
@@ -84,7 +84,7 @@ def test_read_items_resolves_ids_seeds_and_settings(tmp_path):
 ])
 def test_a_bad_line_is_reported_with_its_line_number(tmp_path, line, words):
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": "first", "id": "ok"}, line, {"prompt": "third"}])
-    items, errors = read_items(path, PIPELINE_DEFAULTS)
+    items, errors = read_items(path, PIPELINE_DEFAULTS, geometry=(256, 8))  # the published checkpoints' sizes
     assert [i.line for i in items] == [1, 3]
     assert len(errors) == 1 and errors[0]["line"] == 2
     assert all(w in errors[0]["error"] for w in words), errors[0]
@@ -100,7 +100,7 @@ def test_options_are_checked_before_ray_starts(tmp_path, tiny_pipeline_dir, caps
     with pytest.raises(ValueError, match="needs num_gpus_per_worker"):
         BatchOptions(model=tiny_pipeline_dir, device="cuda").check()
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "x"}])
-    for extra, word in ((["--workers", "0"], "workers"), (["--height", "12"], "height"),
+    for extra, word in ((["--workers", "0"], "workers"), (["--height", "13"], "--height"),
                         (["--num-gpus-per-worker", "-1"], "num_gpus_per_worker")):
         code = main(["batch", str(prompts), "-o", str(tmp_path / "out"), "--model", tiny_pipeline_dir, *extra])
         err = capsys.readouterr().err

@@ -5,7 +5,7 @@ import sys
 import av
 import pytest
 
-from videofusion.apps.cli import main
+from videofusion.apps.main import main
 
 
 def test_generate_writes_an_h264_mp4_and_prints_the_path(tiny_pipeline_dir, tmp_path, capsys):
@@ -32,8 +32,8 @@ def test_generate_gif_and_same_seed_same_video(tiny_pipeline_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra,word", [
-    (["--height", "12"], "height"),
-    (["--num-frames", "0"], "num_frames"),
+    (["--height", "13"], "--height"),
+    (["--num-frames", "0"], "--num-frames"),
     (["--output", "x.avi"], "--output"),
     (["--fps", "0"], "--fps"),
     (["--device", "cuda:3"], "--device"),

@@ -1,7 +1,7 @@
 """The built-in demo model ships in the package and is the default of `videofusion generate`."""
 import av
 
-from videofusion.apps.cli import main
+from videofusion.apps.main import main
 from videofusion.demo import DEMO_MODEL_PATH
 
 

@@ -6,8 +6,8 @@ import torch
 
 from helpers import TINY_UNET
 from videofusion import TextToVideoSDPipeline, UNet3DConditionModel
-from videofusion.models.layers import Attention
-from videofusion.runtime.fast import FastPath, compile_cache_dir, fuse_projections, set_conv_layout
+from videofusion.models.layers import Attention, set_fused_projections
+from videofusion.runtime.fast import FastPath, compile_cache_dir, set_conv_layout
 
 
 def unet_inputs(seed=0, frames=3):
@@ -31,7 +31,7 @@ def test_fused_projections_same_output_and_keys(unet):
     x, t, ctx = unet_inputs()
     keys = list(unet.state_dict())
     plain = run(unet, x, t, ctx)
-    n = fuse_projections(unet)
+    n = set_fused_projections(unet)
     assert n == sum(isinstance(m, Attention) for m in unet.modules()) > 0
     layers = [m for m in unet.modules() if isinstance(m, Attention)]
     assert all(m.fused_weight is not None for m in layers)
@@ -41,13 +41,13 @@ def test_fused_projections_same_output_and_keys(unet):
     fused = run(unet, x, t, ctx)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     assert list(unet.state_dict()) == keys  # nothing new is saved
-    fuse_projections(unet, False)
+    set_fused_projections(unet, False)
     assert all(m.fused_weight is None for m in layers)
     torch.testing.assert_close(run(unet, x, t, ctx), plain, rtol=0, atol=0)
 
 
 def test_fused_weights_follow_dtype_casts(unet):
-    fuse_projections(unet)
+    set_fused_projections(unet)
     unet.to(torch.float64)
     layer = next(m for m in unet.modules() if isinstance(m, Attention))
     assert layer.fused_weight.dtype == torch.float64
@@ -114,19 +114,19 @@ def test_pipeline_fast_path_same_video(pipe, tmp_path):
     reloaded = TextToVideoSDPipeline.from_pretrained(str(tmp_path / "saved"))
     assert list(reloaded.unet.state_dict()) == list(pipe.unet.state_dict())
     pipe.disable_fast_path()
-    assert pipe._fast is None
+    assert pipe.placement.fast is None
     np.testing.assert_allclose(call(pipe), plain, atol=0)
 
 
 def test_fast_path_on_by_default_on_cuda_only(pipe):
     """On CUDA the first call turns the fast path on (compiling lazily); on the CPU it stays off;
     disable_fast_path() keeps it off."""
-    assert pipe._unet_forward(torch.device("cpu")) is pipe.unet and pipe._fast is None
-    fn = pipe._unet_forward(torch.device("cuda"))  # nothing runs: torch.compile is lazy
-    assert pipe._fast is not None and fn is not pipe.unet
-    assert pipe._fast.fuse_qkv and pipe._fast.channels_last and pipe._fast.compile
+    assert pipe.placement.unet_forward(pipe.unet, torch.device("cpu")) is pipe.unet and pipe.placement.fast is None
+    fn = pipe.placement.unet_forward(pipe.unet, torch.device("cuda"))  # nothing runs: torch.compile is lazy
+    assert pipe.placement.fast is not None and fn is not pipe.unet
+    assert pipe.placement.fast.fuse_qkv and pipe.placement.fast.channels_last and pipe.placement.fast.compile
     pipe.disable_fast_path()
-    assert pipe._unet_forward(torch.device("cuda")) is pipe.unet and pipe._fast is None
+    assert pipe.placement.unet_forward(pipe.unet, torch.device("cuda")) is pipe.unet and pipe.placement.fast is None
 
 
 def test_fast_path_and_offload_exclude_each_other(pipe):
@@ -136,4 +136,4 @@ def test_fast_path_and_offload_exclude_each_other(pipe):
     pipe.disable_cpu_offload()
     pipe.enable_fast_path(backend="aot_eager")
     pipe.enable_model_cpu_offload(device="cpu")
-    assert pipe._fast is None
+    assert pipe.placement.fast is None

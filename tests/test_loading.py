@@ -19,7 +19,7 @@ from videofusion.io.loading import (
     find_weights, load_model, load_state_dict, model_allow_patterns, parse_weight_name, pipeline_allow_patterns,
     read_model_index, resolve_pretrained, select_weight_files,
 )
-from videofusion.io.saving import save_model
+
 from videofusion.models.config import PretrainedModel
 
 
@@ -155,7 +155,7 @@ def test_round_trip(tmp_path, safe, variant, shard):
     model = toy()
     if variant == "fp16":
         model = model.half()
-    save_model(model, tmp_path, variant=variant, safe_serialization=safe, max_shard_size=shard)
+    model.save_pretrained(tmp_path, variant=variant, safe_serialization=safe, max_shard_size=shard)
     ext = "safetensors" if safe else "bin"
     names = sorted(os.listdir(tmp_path))
     v = f".{variant}" if variant else ""
@@ -182,7 +182,7 @@ def test_round_trip(tmp_path, safe, variant, shard):
 
 def test_torch_dtype_casts_floats_only_and_weights_stay_mapped(tmp_path):
     model = toy()
-    save_model(model, tmp_path)
+    model.save_pretrained(tmp_path)
     half = load_model(Toy, tmp_path, torch_dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert_same_weights(model, half, torch.bfloat16)
@@ -197,7 +197,7 @@ def test_torch_dtype_casts_floats_only_and_weights_stay_mapped(tmp_path):
     assert_same_weights(model, load_model(Toy, tmp_path))
     # same dtype as the file: the parameters are the memory-mapped tensors themselves (zero copy)
     big = Toy(hidden=1024, in_channels=2048)
-    save_model(big, tmp_path / "big")
+    big.save_pretrained(tmp_path / "big")
     del big
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     before = rss()
@@ -208,7 +208,7 @@ def test_torch_dtype_casts_floats_only_and_weights_stay_mapped(tmp_path):
 
 
 def test_loading_builds_on_meta_without_random_init(tmp_path, monkeypatch):
-    save_model(toy(), tmp_path)
+    toy().save_pretrained(tmp_path)
     seen = []
     real = torch.nn.init.kaiming_uniform_
 
@@ -239,9 +239,9 @@ def test_empty_parameters_is_scoped_to_the_thread_and_the_block():
 
 
 def test_save_replaces_an_earlier_checkpoint_of_the_same_variant(tmp_path):
-    save_model(toy(seed=1), tmp_path)
-    save_model(toy(seed=1).half(), tmp_path, variant="fp16")
-    save_model(toy(seed=2), tmp_path, safe_serialization=False, max_shard_size=600)
+    toy(seed=1).save_pretrained(tmp_path)
+    toy(seed=1).half().save_pretrained(tmp_path, variant="fp16")
+    toy(seed=2).save_pretrained(tmp_path, safe_serialization=False, max_shard_size=600)
     names = os.listdir(tmp_path)
     assert "diffusion_pytorch_model.safetensors" not in names  # stale plain file gone, fp16 kept
     assert "diffusion_pytorch_model.fp16.safetensors" in names
@@ -327,7 +327,7 @@ def test_missing_paths_and_config(tmp_path):
         resolve_pretrained(str(tmp_path / "no-such-dir"))
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
         load_model(Toy, "./no-such-dir")
-    save_model(toy(), tmp_path / "unet")
+    toy().save_pretrained(tmp_path / "unet")
     with pytest.raises(FileNotFoundError, match=r"subfolder='vae'.*\['unet'\]"):
         load_model(Toy, tmp_path, subfolder="vae")
     (tmp_path / "unet" / "config.json").unlink()
@@ -343,7 +343,7 @@ def test_missing_paths_and_config(tmp_path):
 
 
 def test_variant_absent_lists_the_weight_files(tmp_path):
-    save_model(toy().half(), tmp_path, variant="fp16")
+    toy().half().save_pretrained(tmp_path, variant="fp16")
     with pytest.raises(ValueError, match=r"variant None.*diffusion_pytorch_model\.fp16\.safetensors.*pass variant="):
         load_model(Toy, tmp_path)
     with pytest.raises(ValueError, match=r"variant 'bf16'.*\['diffusion_pytorch_model\.fp16\.safetensors'\]"):
@@ -353,17 +353,17 @@ def test_variant_absent_lists_the_weight_files(tmp_path):
 
 
 def test_corrupt_files_are_named(tmp_path):
-    save_model(toy(), tmp_path / "st")
+    toy().save_pretrained(tmp_path / "st")
     path = tmp_path / "st" / "diffusion_pytorch_model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])  # truncated download
     with pytest.raises(ValueError, match=r"diffusion_pytorch_model\.safetensors.*truncated or corrupt"):
         load_model(Toy, tmp_path / "st")
-    save_model(toy(), tmp_path / "bin", safe_serialization=False)
+    toy().save_pretrained(tmp_path / "bin", safe_serialization=False)
     path = tmp_path / "bin" / "diffusion_pytorch_model.bin"
     path.write_bytes(b"not a zip or a pickle" * 10)
     with pytest.raises(ValueError, match=r"diffusion_pytorch_model\.bin.*truncated or corrupt"):
         load_model(Toy, tmp_path / "bin")
-    save_model(toy(), tmp_path / "sh", max_shard_size=600)
+    toy().save_pretrained(tmp_path / "sh", max_shard_size=600)
     os.remove(sorted((tmp_path / "sh").glob("*-00002-of-*"))[0])
     with pytest.raises(FileNotFoundError, match="00002.*missing"):
         load_model(Toy, tmp_path / "sh")
@@ -386,7 +386,7 @@ def test_key_and_shape_mismatches_are_named(tmp_path):
 
 
 def test_bad_arguments_and_invalid_config(tmp_path):
-    save_model(toy(), tmp_path)
+    toy().save_pretrained(tmp_path)
     with pytest.raises(TypeError, match="torch_dtype"):
         load_model(Toy, tmp_path, torch_dtype="float16")
     with pytest.raises(ValueError, match="torch_dtype: expected a floating"):
@@ -407,7 +407,7 @@ def make_hub_cache(cache, repo_id="org/name"):
     """The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}."""
     storage = cache / ("models--" + repo_id.replace("/", "--"))
     snapshot = storage / "snapshots" / COMMIT
-    save_model(toy().half(), snapshot / "unet", variant="fp16")
+    toy().half().save_pretrained(snapshot / "unet", variant="fp16")
     (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "TextToVideoSDPipeline",
                                                            "unet": ["diffusers", "UNet3DConditionModel"]}))
     (storage / "refs").mkdir(parents=True)

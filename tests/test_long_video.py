@@ -6,8 +6,8 @@ import torch
 
 from helpers import TINY_UNET
 from videofusion import TextToVideoSDPipeline
-from videofusion.long_video import (LongVideo, frame_windows, fuse_windows, long_video_latents, reschedule_noise,
-                                    rescheduled_frames, window_weights)
+from videofusion.long_video import LongVideo, long_video_latents, reschedule_noise, rescheduled_frames
+from videofusion.models.windows import frame_windows, fuse_windows, window_weights
 from videofusion.models import UNet3DConditionModel
 from videofusion.models.layers import TransformerTemporalModel
 from videofusion.noise import initial_latents
@@ -217,7 +217,7 @@ def test_pipeline_rejects_a_bad_long_video(pipe):
 
 
 def test_cli_long_video_and_num_frames_options():
-    from videofusion.apps.cli import build_parser
+    from videofusion.apps.main import build_parser
     parser = build_parser()
     args = parser.parse_args(["eval-demo", "--num-frames", "64", "--long-video", "16:4"])
     assert args.num_frames == 64 and args.long_video == LongVideo(16, 4)
@@ -229,7 +229,7 @@ def test_cli_long_video_and_num_frames_options():
 
 
 def test_evaluate_demo_passes_num_frames_and_long_video(tiny_pipeline_dir):
-    from videofusion.demo import evaluate_demo
+    from videofusion.demo.evaluate import evaluate_demo
     report = evaluate_demo(tiny_pipeline_dir, seeds=1, heldout_seeds=0, max_combos=1, num_frames=20,
                            num_inference_steps=1, long_video=LongVideo(8, 4), progress=False)
     assert report["settings"]["num_frames"] == 20 and report["settings"]["long_video"] == LongVideo(8, 4)
@@ -240,8 +240,8 @@ def test_evaluate_demo_passes_num_frames_and_long_video(tiny_pipeline_dir):
 
 
 def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
-    from videofusion.apps.cli import build_parser
-    from videofusion.demo import evaluate_demo
+    from videofusion.apps.main import build_parser
+    from videofusion.demo.evaluate import evaluate_demo
     assert build_parser().parse_args(["eval-demo", "--guidance-scale", "3"]).guidance_scale == 3.0
     reports = [evaluate_demo(tiny_pipeline_dir, seeds=1, heldout_seeds=0, max_combos=1, num_frames=8,
                              num_inference_steps=2, guidance_scale=g, progress=False) for g in (1.0, 20.0)]
@@ -252,7 +252,7 @@ def test_evaluate_demo_guidance_scale_reaches_the_pipeline(tiny_pipeline_dir):
 def test_eval_demo_cli_prints_segment_columns_for_long_videos(tiny_pipeline_dir, tmp_path, capsys):
     import json
 
-    from videofusion.apps.cli import main
+    from videofusion.apps.main import main
     report_path = tmp_path / "report.json"
     assert main(["eval-demo", "--model", str(tiny_pipeline_dir), "--seeds", "1", "--heldout-seeds", "0",
                  "--max-combos", "1", "--num-frames", "20", "--steps", "1", "--output", str(report_path)]) == 0

@@ -12,7 +12,7 @@ from videofusion import TextToVideoSDPipeline, export_to_video, load_video
 from videofusion.long_video import LongVideo
 from videofusion.models import AutoencoderKL, UNet3DConditionModel
 from videofusion.models.chunking import group_normalize, group_stats, map_rows
-from videofusion.models.layers import TemporalConvLayer, TransformerTemporalModel
+from videofusion.models.layers import OFFLOAD_UNITS, TemporalConvLayer, TransformerTemporalModel
 from videofusion.runtime.streamed import PrefetchSchedule, StreamedOffload, partition, tensor_bytes
 
 
@@ -250,7 +250,7 @@ def test_streamed_offload_on_cpu_is_exact_and_follows_the_schedule(unet):
     unet.enable_frame_chunking(4)  # chunked layers call a block several times in a row
     try:
         plain = unet(x, 10, ctx).sample
-        offload = StreamedOffload("cpu", max_blocks=3, block_bytes=6000)
+        offload = StreamedOffload("cpu", max_blocks=3, block_bytes=6000, atomic=OFFLOAD_UNITS)
         offload.attach(unet)
         offload.trace = []
         outs = [unet(x, 10, ctx).sample for _ in range(3)]
@@ -284,7 +284,7 @@ def test_pipeline_streamed_offload_on_cpu_is_exact(pipe):
     pipe.enable_frame_chunking(6)
     pipe.enable_vae_slicing(4)
     try:
-        assert pipe.device.type == "cpu" and len(pipe._sequential.blocks) > 20
+        assert pipe.device.type == "cpu" and len(pipe.placement.offload.blocks) > 20
         got = run(pipe, num_frames=20, long_video=LongVideo(8, 4)).frames
     finally:
         pipe.disable_cpu_offload()
@@ -294,7 +294,7 @@ def test_pipeline_streamed_offload_on_cpu_is_exact(pipe):
     assert all(torch.isfinite(p).all() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
     with pytest.raises(ValueError, match="max_blocks"):
         pipe.enable_streamed_offload(max_blocks=0, device="cpu")
-    assert pipe._sequential is None
+    assert pipe.placement.offload is None
 
 
 def test_bench_memory_tiny_runs(capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from videofusion import DiffusionPipeline
-from videofusion.apps.cli import build_parser, main
+from videofusion.apps.main import build_parser, main
 from videofusion.schedulers import SCHEDULERS, make_scheduler
 from videofusion.apps.web import DEFAULT_SCHEDULER, MAX_SEED, Limits, WebService, model_label
 
@@ -36,12 +36,19 @@ def validate(service, **changes):
 # ----------------------------------------------------------------------------- limits and validation
 
 @pytest.mark.parametrize("kwargs,word", [
-    (dict(max_frames=0), "max_frames"), (dict(max_steps=2.5), "max_steps"), (dict(height=60), "height"),
+    (dict(max_frames=0), "max_frames"), (dict(max_steps=2.5), "max_steps"), (dict(height=0), "height"),
     (dict(max_guidance=0.5), "max_guidance"), (dict(queue_size=0), "queue_size"),
 ])
 def test_bad_limits_name_the_option(kwargs, word):
     with pytest.raises(ValueError, match=word):
         Limits(**kwargs)
+
+
+def test_a_size_the_models_vae_cannot_make_is_refused_before_serving(pipe, tmp_path):
+    assert pipe.vae_scale_factor == 2
+    with pytest.raises(ValueError, match="width: must be divisible by 2"):
+        WebService(pipe, "tiny", Limits(height=60, width=61), output_dir=str(tmp_path))
+    assert WebService(pipe, "tiny", Limits(height=60, width=62), output_dir=str(tmp_path)).width == 62
 
 
 def test_valid_settings_become_a_request_with_ints(service):
@@ -183,7 +190,7 @@ def test_web_command_defaults_bind_to_this_machine():
 
 
 @pytest.mark.parametrize("extra,word", [
-    (["--port", "0"], "--port"), (["--max-frames", "0"], "max_frames"), (["--width", "30"], "width"),
+    (["--port", "0"], "--port"), (["--max-frames", "0"], "max_frames"), (["--width", "31"], "--width"),
     (["--device", "cuda:3"], "--device"),
 ])
 def test_web_bad_options_are_one_line_and_exit_code_2(tiny_pipeline_dir, capsys, extra, word, monkeypatch):

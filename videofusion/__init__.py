@@ -7,8 +7,7 @@ A drop-in for diffusers' ``TextToVideoSDPipeline``::
 from .models import AutoencoderKL, UNet3DConditionModel
 from .long_video import LongVideo
 from .noise import initial_latents
-from .pipelines.text_to_video import TextToVideoSDPipeline, TextToVideoSDPipelineOutput
-from .pipelines.registry import DiffusionPipeline
+from .pipelines import DiffusionPipeline, TextToVideoSDPipeline, TextToVideoSDPipelineOutput
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,

@@ -15,14 +15,14 @@ With ``num_frames <= window`` neither changes anything. VideoFusion's decomposed
 by all frames plus a per-frame residual) combines with it: the first window is drawn decomposed and
 its frames are rescheduled, so the base stays shared and the residuals are shuffled.
 
-Pure functions of tensors; the model side lives in
-:class:`videofusion.models.layers.TransformerTemporalModel` (``temporal_window``).
+This module holds the option and the noise; the attention windows are the model's
+(:mod:`videofusion.models.windows`, switched on per call with ``unet.set_temporal_window``).
 """
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -55,52 +55,6 @@ class LongVideo:
             raise ValueError(f"stride: must be at most window ({self.window}), got {self.stride}")
         if not isinstance(self.reschedule_noise, bool):
             raise TypeError(f"reschedule_noise: must be True or False, got {self.reschedule_noise!r}")
-
-
-def frame_windows(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """Half-open frame ranges ``[(start, end), ...]`` of the attention windows: starts 0, stride,
-    2*stride, ... while the window fits, plus one window ending at the last frame if the last start
-    leaves frames uncovered. One window ``(0, num_frames)`` when ``num_frames <= window``.
-
-    >>> frame_windows(10, 4, 3)
-    [(0, 4), (3, 7), (6, 10)]
-    >>> frame_windows(11, 4, 3)
-    [(0, 4), (3, 7), (6, 10), (7, 11)]
-    """
-    if num_frames <= window:
-        return [(0, num_frames)]
-    starts = list(range(0, num_frames - window + 1, stride))
-    if starts[-1] + window < num_frames:
-        starts.append(num_frames - window)
-    return [(s, s + window) for s in starts]
-
-
-def window_weights(window: int) -> torch.Tensor:
-    """FreeNoise's fusion weights of the frames of one window: ``min(i + 1, window - i)``, i.e.
-    ``[1, 2, ..., 2, 1]`` (diffusers' "pyramid"), float32 of shape (window,)."""
-    i = torch.arange(window)
-    return torch.minimum(i + 1, window - i).float()
-
-
-def fuse_windows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, window: int,
-                 stride: int) -> torch.Tensor:
-    """Window-based fusion (FreeNoise, sec. 3.3): ``fn`` on every window of frames of ``x``, the
-    outputs averaged per frame with :func:`window_weights`.
-
-    x: (n, num_frames, dim) tokens, frames on dim 1. ``fn`` maps (n, w, dim) -> (n, w, dim) and must
-    treat the n rows independently. Returns (n, num_frames, dim) in ``x.dtype`` (accumulated in
-    float32). With ``num_frames <= window`` this is ``fn(x)``.
-    """
-    num_frames = x.shape[1]
-    if num_frames <= window:
-        return fn(x)
-    total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (n, f, dim)
-    weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=x.device)  # (f,)
-    weights = window_weights(window).to(x.device)  # (window,)
-    for start, end in frame_windows(num_frames, window, stride):
-        total[:, start:end] += fn(x[:, start:end]).float() * weights[None, :, None]
-        weight_sum[start:end] += weights
-    return (total / weight_sum[None, :, None]).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,10 +112,3 @@ def long_video_latents(shape: Sequence[int], generator: Generator = None, device
         return initial_latents(shape, generator, device, dtype, noise, noise_ratio)
     first = initial_latents((b, c, long_video.window, h, w), generator, device, dtype, noise, noise_ratio)
     return reschedule_noise(first, num_frames, long_video.window, long_video.stride, generator)
-
-
-def check_long_video(long_video) -> None:
-    """TypeError unless ``long_video`` is None or a :class:`LongVideo`."""
-    if long_video is not None and not isinstance(long_video, LongVideo):
-        raise TypeError(f"long_video: must be None or a videofusion.long_video.LongVideo(window=..., stride=...), "
-                        f"got {type(long_video).__name__}")

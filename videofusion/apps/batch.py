@@ -32,12 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, is_count, is_number, read_items
+from ..io.saving import atomic_write_bytes, atomic_write_text, sweep_partial_files
+from ..pipelines.folders import native_geometry
+from ..runtime.devices import DTYPES, pick_device, pick_dtype
+from ..settings import is_count, is_number
+from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, read_items
+from .common import CLIError, add_runtime_arguments, model_defaults, resolve_model, set_threads
 
 MANIFEST = "manifest.jsonl"
 ERRORS = "errors.jsonl"
 LOCK = ".videofusion-batch.lock"
-PART_SUFFIX = ".part"  # temp files of unfinished writes, removed when a run starts
 
 # What an output depends on besides the item: a manifest line with other values is stale.
 SPEC_KEYS = ("prompt", "seed", "settings", "model", "model_files", "variant", "scheduler", "dtype", "fps")
@@ -86,8 +90,8 @@ class BatchOptions:
             raise ValueError(f"fps: must be a number > 0, got {self.fps!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler: {self.scheduler!r} is not one of {sorted(SCHEDULERS)}")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype: {self.dtype!r} is not one of auto, float32, float16, bfloat16")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device: {self.device!r} is not auto, cpu, cuda or mps (Ray picks each worker's GPU)")
         if self.num_gpus_per_worker == 0 and self.device == "cuda":
@@ -96,13 +100,21 @@ class BatchOptions:
         if (model_dir.exists() or self.model.startswith((".", "/", "~"))) and \
                 not (model_dir / "model_index.json").is_file():
             raise ValueError(f"model: {self.model!r} is not a pipeline folder (no model_index.json)")
-        check_settings(self.defaults, "defaults")
+        check_settings(self.defaults)  # names a bad default before the model's defaults are merged in
+        settings = check_settings(resolve_defaults(self))
+        if self.geometry() is not None:
+            settings.sized(*self.geometry())
+
+    def geometry(self) -> tuple[int, int] | None:
+        """The model's ``(native_size, vae_scale_factor)`` when it is a local pipeline folder (a Hub id's
+        sizes are checked by the workers, which download it)."""
+        model_dir = Path(self.model).expanduser()
+        return native_geometry(model_dir) if (model_dir / "model_index.json").is_file() else None
 
 
 def resolve_defaults(options: BatchOptions) -> dict[str, Any]:
     """The settings an item starts from: pipeline defaults < the model's (demo) defaults < ``options.defaults``."""
-    from ..demo import generation_defaults
-    return {**PIPELINE_DEFAULTS, **generation_defaults(options.model), **options.defaults}
+    return {**PIPELINE_DEFAULTS, **model_defaults(options.model), **options.defaults}
 
 
 def model_fingerprint(model: str) -> str | None:
@@ -130,24 +142,6 @@ def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- output folder
-
-
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PART_SUFFIX}")
-    try:
-        _write_synced(str(tmp), data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
@@ -204,26 +198,25 @@ class OutputFolder:
             self._lock.close()
             raise ValueError(f"output: another `videofusion batch` is writing to {path}; wait for it or "
                              "use another folder") from None
-        for stale in path.glob(f".*{PART_SUFFIX}"):  # left by a killed run; we hold the lock
-            stale.unlink(missing_ok=True)
+        sweep_partial_files(path)  # left by a killed run; we hold the lock
         self._manifest: int | None = None
 
     def start_manifest(self, keep: list[dict]) -> None:
         """Rewrite the manifest with ``keep`` only (atomically), then open it for appending."""
         text = "".join(json.dumps(r) + "\n" for r in keep)
-        write_atomic(self.path / MANIFEST, text.encode("utf-8"))
+        atomic_write_text(self.path / MANIFEST, text)
         self._manifest = os.open(self.path / MANIFEST, os.O_WRONLY | os.O_APPEND)
 
     def add(self, record: dict, mp4: bytes) -> None:
         """Write ``<id>.mp4`` atomically, then append its manifest line (one write, fsynced)."""
-        write_atomic(self.path / f"{record['id']}.mp4", mp4)
+        atomic_write_bytes(self.path / f"{record['id']}.mp4", mp4)
         os.write(self._manifest, (json.dumps(record) + "\n").encode("utf-8"))
         os.fsync(self._manifest)
 
     def write_errors(self, errors: list[dict]) -> None:
         """``errors.jsonl`` lists this run's bad lines and failed items; removed when there are none."""
         if errors:
-            write_atomic(self.path / ERRORS, "".join(json.dumps(e) + "\n" for e in errors).encode("utf-8"))
+            atomic_write_text(self.path / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
         else:
             (self.path / ERRORS).unlink(missing_ok=True)
 
@@ -242,17 +235,13 @@ class BatchWorker:
     count and size, seconds, worker, a SHA-256 of the uint8 frames, or ``error``) and ``mp4`` (bytes)."""
 
     def __init__(self, options: dict):
-        import torch
-
-        from ..pipelines.registry import DiffusionPipeline
+        from ..pipelines import DiffusionPipeline
         from ..schedulers import make_scheduler
-        torch.set_num_threads(options["threads"])
-        device = options["device"]
-        if device == "auto":
-            device = "cuda" if options["num_gpus_per_worker"] > 0 else "cpu"
-        device = torch.device(device)
-        dtype = options["dtype"]
-        dtype = (torch.float16 if device.type == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+        set_threads(options["threads"])
+        # a worker Ray gave no GPU computes on the CPU; with GPUs, "auto" picks as everywhere
+        device = pick_device("cpu" if options["device"] == "auto" and not options["num_gpus_per_worker"]
+                             else options["device"])
+        dtype = pick_dtype(options["dtype"], device)
         pipe = DiffusionPipeline.from_pretrained(options["model"], torch_dtype=dtype, variant=options["variant"])
         if options["scheduler"]:
             pipe.scheduler = make_scheduler(options["scheduler"], pipe.scheduler.config)
@@ -368,7 +357,7 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
     if not os.path.isfile(prompts):
         raise FileNotFoundError(f"prompts: no such file {prompts!r}")
     options.check()
-    items, errors = read_items(prompts, resolve_defaults(options))
+    items, errors = read_items(prompts, resolve_defaults(options), options.geometry())
     for error in errors:
         _report(prompts, error)
     invalid = len(errors)
@@ -410,3 +399,67 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
             ray.shutdown()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def add_parser(sub) -> None:
+    """Register ``videofusion batch`` on an argparse subparsers object."""
+    from ..schedulers import SCHEDULERS
+    p = sub.add_parser("batch", help="generate a video for every line of a JSONL file, on Ray (resumable)",
+                       description="Generate DIR/<id>.mp4 for each line {\"prompt\": ..., optional \"id\", \"seed\", "
+                                   "\"negative_prompt\", \"num_frames\", \"num_inference_steps\", \"guidance_scale\", "
+                                   "\"height\", \"width\", \"noise\", \"noise_ratio\"} of PROMPTS, plus DIR/manifest.jsonl. "
+                                   "Rerunning skips finished items. Needs Ray: pip install 'videofusion[distributed]'.")
+    p.add_argument("prompts", help="a .jsonl file, one JSON object per line")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default=None, help="pipeline folder or Hub id, readable on every worker "
+                   "(default: the built-in demo model)")
+    p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
+    p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), metavar="NAME",
+                   help="sampler: " + ", ".join(sorted(SCHEDULERS)) + " (default: the model's)")
+    p.add_argument("--negative-prompt", default=None, help="default for items that set none")
+    p.add_argument("--num-frames", type=int, default=None, help="default frames per item (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="default denoising steps (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default guidance (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="default pixels (default: the model's size)")
+    p.add_argument("--width", type=int, default=None, help="default pixels (default: the model's size)")
+    p.add_argument("--noise", default=None, choices=("independent", "decomposed"), help="default initial noise")
+    p.add_argument("--noise-ratio", type=float, default=None, help="default weight of the shared base noise")
+    p.add_argument("--fps", type=float, default=8, help="frames per second of the files (default 8)")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, one pipeline each (default 1)")
+    p.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs Ray reserves per worker (default 1)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0,
+                   help="GPUs per worker, e.g. 1, or 0.5 to share one between two (default 0: CPU)")
+    add_runtime_arguments(p, device_help="auto, cpu, cuda, mps (default auto: a worker with GPUs "
+                                         "(--num-gpus-per-worker) uses them, else the CPU)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster ('auto' or host:port); default: start a local Ray")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_command)
+
+
+def run_command(args) -> int:
+    """Run ``videofusion batch``; exit code 1 when an item failed or a line was invalid."""
+    try:
+        import ray  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise CLIError("videofusion batch needs Ray: pip install 'videofusion[distributed]'") from None
+    defaults = {k: v for k, v in dict(negative_prompt=args.negative_prompt, num_frames=args.num_frames,
+                                      num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                                      height=args.height, width=args.width, noise=args.noise,
+                                      noise_ratio=args.noise_ratio).items() if v is not None}
+    options = BatchOptions(model=resolve_model(args.model), variant=args.variant, scheduler=args.scheduler,
+                           device=args.device, dtype=args.dtype, fps=args.fps, defaults=defaults,
+                           workers=args.workers, num_cpus_per_worker=args.num_cpus_per_worker,
+                           num_gpus_per_worker=args.num_gpus_per_worker, threads=args.threads,
+                           ray_address=args.ray_address)
+    try:
+        s = run_batch(args.prompts, args.output, options, progress=not args.quiet)
+    except BatchError as e:
+        print(f"videofusion batch: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {s['skipped'] + s['generated']}/{s['items']} videos ({s['generated']} generated, "
+          f"{s['skipped']} already done), {s['failed']} failed, {s['invalid']} invalid line(s); {s['seconds']:.0f} s")
+    return 1 if s["failed"] or s["invalid"] else 0

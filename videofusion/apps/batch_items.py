@@ -1,28 +1,26 @@
 """The prompts file of `videofusion batch`: JSONL lines -> checked :class:`Item` s, bad lines with their numbers.
 
 Each line is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., <settings>}`` (see :data:`ITEM_KEYS`);
-the settings are exactly the pipeline call's keyword arguments (:data:`PIPELINE_DEFAULTS`).
+the settings are :class:`~videofusion.settings.GenerationSettings` fields (:data:`ITEM_SETTINGS`), checked by
+it as every front end checks them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import numbers
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..noise import NOISE_MODES
-from ..pipelines.text_to_video import check_sizes
+from ..settings import DEFAULTS, GenerationSettings, check_prompt
 
-# Per-item settings: exactly the pipeline call's keyword arguments, with their defaults.
-PIPELINE_DEFAULTS: dict[str, Any] = {
-    "negative_prompt": None, "num_frames": 16, "num_inference_steps": 50, "guidance_scale": 9.0,
-    "height": None, "width": None, "noise": "independent", "noise_ratio": 0.5,
-}
-ITEM_KEYS = ("prompt", "id", "seed", *PIPELINE_DEFAULTS)
+# The settings an item may set (GenerationSettings fields, JSON values) and their defaults.
+ITEM_SETTINGS = ("negative_prompt", "num_frames", "num_inference_steps", "guidance_scale", "height", "width",
+                 "noise", "noise_ratio")
+PIPELINE_DEFAULTS: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in ITEM_SETTINGS}
+ITEM_KEYS = ("prompt", "id", "seed", *ITEM_SETTINGS)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SEED = 2**63 - 1
 
@@ -38,16 +36,6 @@ class Item:
     settings: dict[str, Any]
 
 
-def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_count(value: Any) -> bool:
-    """An integer >= 1, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
 def derive_seed(item_id: str) -> int:
     """A stable seed in [0, 2**31) from an item id (first 8 bytes of its SHA-256)."""
     return int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:8], "big") % 2**31
@@ -58,35 +46,22 @@ def line_id(line: int) -> str:
     return f"line-{line:06d}"
 
 
-def check_settings(settings: dict[str, Any], where: str = "settings") -> None:
-    """ValueError naming the key unless every pipeline setting in ``settings`` has an accepted value."""
-    unknown = sorted(set(settings) - set(PIPELINE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; accepted: {list(PIPELINE_DEFAULTS)}")
-    sizes = {k: settings[k] for k in ("height", "width", "num_frames", "num_inference_steps")
-             if settings.get(k) is not None}
-    check_sizes(**{"height": 8, "width": 8, "num_frames": 1, "num_inference_steps": 1, **sizes})  # as the CLI does
-    if "guidance_scale" in settings and not is_number(settings["guidance_scale"]):
-        raise ValueError(f"guidance_scale: must be a number, got {settings['guidance_scale']!r}")
-    negative = settings.get("negative_prompt")
-    if negative is not None and not isinstance(negative, str):
-        raise ValueError(f"negative_prompt: must be a string or null, got {negative!r}")
-    if "noise" in settings and settings["noise"] not in NOISE_MODES:
-        raise ValueError(f"noise: {settings['noise']!r} is not one of {list(NOISE_MODES)}")
-    if "noise_ratio" in settings and not (is_number(settings["noise_ratio"]) and 0 <= settings["noise_ratio"] <= 1):
-        raise ValueError(f"noise_ratio: must be a number in [0, 1], got {settings['noise_ratio']!r}")
+def check_settings(settings: dict[str, Any]) -> GenerationSettings:
+    """The item settings in ``settings`` (a subset of :data:`ITEM_SETTINGS`) checked by
+    :class:`GenerationSettings`: SettingError naming the key and the value otherwise."""
+    return GenerationSettings.from_dict(settings, accepted=ITEM_SETTINGS)
 
 
-def parse_item(obj: Any, line: int, defaults: dict[str, Any]) -> Item:
-    """One decoded JSONL line -> an :class:`Item` with resolved settings; ValueError saying what is wrong."""
+def parse_item(obj: Any, line: int, defaults: dict[str, Any], geometry: tuple[int, int] | None = None) -> Item:
+    """One decoded JSONL line -> an :class:`Item` with resolved settings; ValueError saying what is wrong.
+    ``geometry``: the model's ``(native_size, vae_scale_factor)``, to check the item's frame size (when
+    the model's configs can be read here)."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object such as {{\"prompt\": \"...\"}}, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(ITEM_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}; accepted: {list(ITEM_KEYS)}")
-    prompt = obj.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt: must be a non-empty string, got {prompt!r}")
+    prompt = check_prompt(obj.get("prompt"))
     item_id = obj.get("id", line_id(line))
     if isinstance(item_id, numbers.Integral) and not isinstance(item_id, bool):
         item_id = str(item_id)
@@ -98,16 +73,19 @@ def parse_item(obj: Any, line: int, defaults: dict[str, Any]) -> Item:
         seed = derive_seed(item_id)
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed: must be an integer in [0, 2**63 - 1], got {seed!r}")
-    given = {k: obj[k] for k in PIPELINE_DEFAULTS if k in obj}
-    check_settings(given)
+    given = {k: obj[k] for k in ITEM_SETTINGS if k in obj}
+    settings = check_settings({**defaults, **given})
+    if geometry is not None:
+        settings.sized(*geometry)
     return Item(line, item_id, prompt, int(seed), {**defaults, **given})
 
 
-def read_items(path: str | os.PathLike, defaults: dict[str, Any]) -> tuple[list[Item], list[dict]]:
+def read_items(path: str | os.PathLike, defaults: dict[str, Any],
+               geometry: tuple[int, int] | None = None) -> tuple[list[Item], list[dict]]:
     """Parse a prompts file: ``(items, errors)``; each error is ``{"line", "error"}`` (+ ``"id"``).
 
     Blank lines and lines starting with ``#`` are skipped. A later line repeating an earlier id is an error.
-    ``defaults`` are the resolved settings every item starts from.
+    ``defaults`` are the resolved settings every item starts from; ``geometry`` as in :func:`parse_item`.
     """
     items: list[Item] = []
     errors: list[dict] = []
@@ -122,7 +100,7 @@ def read_items(path: str | os.PathLike, defaults: dict[str, Any]) -> tuple[list[
                 errors.append({"line": number, "error": f"not valid JSON: {e.msg} (column {e.colno})"})
                 continue
             try:
-                item = parse_item(obj, number, defaults)
+                item = parse_item(obj, number, defaults, geometry)
             except ValueError as e:
                 errors.append({"line": number, "error": str(e)})
                 continue

@@ -1,7 +1,42 @@
-"""The ``videofusion`` command."""
+"""The ``videofusion`` command: one parser over the front ends' commands, and their errors as one line.
+
+``generate``, ``train``, ``init-demo`` and ``eval-demo`` are :mod:`videofusion.apps.cli`'s, ``web`` is
+:mod:`videofusion.apps.web`'s and ``batch`` :mod:`videofusion.apps.batch`'s. A user's mistake (a bad option,
+a missing file) is printed as ``videofusion COMMAND: error: ...`` with exit code 2, naming the option typed.
+"""
+from __future__ import annotations
+
+import argparse
 import sys
 
-from .cli import main
+from ..settings import SettingError
+from . import batch, cli, web
+from .common import CLIError, cli_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli.add_parsers(sub)
+    web.add_parser(sub)
+    batch.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SettingError as e:
+        print(f"videofusion {args.command}: error: {cli_error(e)}", file=sys.stderr)
+        return 2
+    except (CLIError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"videofusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,6 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..runtime.devices import pick_device, pick_dtype
+from ..schedulers import SCHEDULERS, make_scheduler
+from ..settings import GenerationSettings, SettingError, check_prompt
+from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_defaults, request_settings,
+                     resolve_model, set_threads, slug)
+
 MAX_SEED = 2**32 - 1
 FPS_RANGE = (1, 60)
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens anyway; this only bounds the work per request
@@ -38,8 +44,8 @@ HUB_EXAMPLES = ("Spiderman is surfing", "An astronaut riding a horse", "A panda 
 class Limits:
     """What visitors may ask for; the operator sets these (``videofusion web --max-frames ...``).
 
-    ``height``/``width`` (pixels, divisible by 8) are fixed for every request; ``None`` means the
-    model's native size. ``queue_size``: requests waiting at most (more are turned away).
+    ``height``/``width`` (pixels, divisible by the model's VAE scale factor) are fixed for every request;
+    ``None`` means the model's native size. ``queue_size``: requests waiting at most (more are turned away).
     """
 
     max_frames: int = 32
@@ -56,8 +62,6 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-            if name in ("height", "width") and value % 8:
-                raise ValueError(f"{name}: must be divisible by 8, got {value}")
         if isinstance(self.max_guidance, bool) or not isinstance(self.max_guidance, numbers.Real) \
                 or not 1 <= self.max_guidance < math.inf:
             raise ValueError(f"max_guidance: must be a number >= 1, got {self.max_guidance!r}")
@@ -116,7 +120,6 @@ class WebService:
     def __init__(self, pipe, model_name: str, limits: Limits | None = None, defaults: dict | None = None,
                  examples: tuple[str, ...] = HUB_EXAMPLES, output_dir: str | None = None,
                  keep_seconds: float = 3600.0, is_demo: bool = False):
-        from ..schedulers import SCHEDULERS
         limits = limits or Limits()
         self.pipe = pipe
         self.model_name = model_name
@@ -125,13 +128,13 @@ class WebService:
         self.examples = tuple(examples)
         self.base_scheduler = pipe.scheduler
         self.scheduler_names = (DEFAULT_SCHEDULER, *sorted(SCHEDULERS))
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.height = limits.height or native
-        self.width = limits.width or native
-        d = {"num_frames": 16, "num_inference_steps": 25, "guidance_scale": 9.0, **(defaults or {})}
-        self.defaults = {"num_frames": min(d["num_frames"], limits.max_frames),
-                         "num_inference_steps": min(d["num_inference_steps"], limits.max_steps),
-                         "guidance_scale": min(max(float(d["guidance_scale"]), 1.0), limits.max_guidance),
+        size = GenerationSettings(height=limits.height, width=limits.width).sized(pipe.native_size,
+                                                                                pipe.vae_scale_factor)
+        self.height, self.width = size.height, size.width
+        d = GenerationSettings(**(defaults or {}))
+        self.defaults = {"num_frames": min(d.num_frames, limits.max_frames),
+                         "num_inference_steps": min(d.num_inference_steps, limits.max_steps),
+                         "guidance_scale": min(max(float(d.guidance_scale), 1.0), limits.max_guidance),
                          "fps": 8}
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="videofusion-web-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -143,8 +146,10 @@ class WebService:
                  guidance_scale: Any, seed: Any, scheduler: Any, fps: Any) -> Request:
         """Check a visitor's settings against the limits; ValueError naming the field and its accepted
         values. ``seed=None`` picks a random seed. Cheap: runs before any model work."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt: is empty; describe the video, e.g. " + repr(self.examples[0]))
+        try:
+            prompt = check_prompt(prompt)
+        except SettingError:
+            raise ValueError("prompt: is empty; describe the video, e.g. " + repr(self.examples[0])) from None
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt: at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
         negative_prompt = negative_prompt or ""
@@ -153,7 +158,7 @@ class WebService:
         if scheduler not in self.scheduler_names:
             raise ValueError(f"scheduler: {scheduler!r} is not one of {list(self.scheduler_names)}")
         return Request(
-            prompt=prompt.strip(), negative_prompt=negative_prompt.strip(),
+            prompt=prompt, negative_prompt=negative_prompt.strip(),
             num_frames=_integer("frames", num_frames, 1, self.limits.max_frames),
             num_inference_steps=_integer("steps", num_inference_steps, 1, self.limits.max_steps),
             guidance_scale=_number("guidance scale", guidance_scale, 1.0, self.limits.max_guidance),
@@ -167,8 +172,6 @@ class WebService:
         give the same video as ``videofusion generate`` (the ``command`` in the settings)."""
         import torch
 
-        from .cli import slug
-        from ..schedulers import make_scheduler
         from ..io.video import export_to_video
 
         def callback(step: int, timestep, latents) -> None:  # the pipeline's: step index from 0
@@ -301,9 +304,11 @@ def build_app(service: WebService):
     return app
 
 
-def add_arguments(p) -> None:
-    """The ``videofusion web`` options (an argparse parser)."""
-    from .cli import DTYPES
+def add_parser(sub) -> None:
+    """Register ``videofusion web`` on an argparse subparsers object."""
+    p = sub.add_parser("web", help="serve a web page that generates videos (needs the web extra)",
+                       description="A Gradio page like the model's Space: prompt, settings, a video that plays "
+                                   "in the page. Requests are queued and served one at a time.")
     p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
     p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     p.add_argument("--host", default="127.0.0.1",
@@ -315,9 +320,8 @@ def add_arguments(p) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels of every video (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="pixels of every video (default: the model's)")
     p.add_argument("--queue-size", type=int, default=20, help="requests that may wait; more are refused (default 20)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on cuda, float32 on cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_runtime_arguments(p)
+    p.set_defaults(run=serve)
 
 
 def model_label(model: str, is_demo: bool) -> str:
@@ -329,11 +333,8 @@ def model_label(model: str, is_demo: bool) -> str:
 
 def serve(args) -> int:
     """Run ``videofusion web``: check the options, load the pipeline once, serve until interrupted."""
-    import torch
-
-    from .. import DiffusionPipeline
-    from .cli import CLIError, default_model, pick_device, pick_dtype
-    from ..demo import DEMO_MODEL_PATH, generation_defaults
+    from ..io.loading import resolve_pretrained
+    from ..pipelines import DiffusionPipeline
 
     if not 0 < args.port < 65536:
         raise CLIError(f"--port: must be from 1 to 65535, got {args.port}")
@@ -343,14 +344,16 @@ def serve(args) -> int:
         _gradio()
     except ImportError as e:
         raise CLIError(str(e)) from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model = args.model or default_model()
-    is_demo = os.path.isdir(model) and Path(model).resolve() == DEMO_MODEL_PATH.resolve()
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=pick_dtype(args.dtype, device), variant=args.variant)
+    dtype = pick_dtype(args.dtype, device)
+    set_threads(args.threads)
+    model = resolve_model(args.model)
+    is_demo = is_demo_model(model)
+    folder = resolve_pretrained(model, variant=args.variant)
+    check_size(request_settings(model, dict(height=args.height, width=args.width)), folder)  # before loading
+    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
     pipe.to(device)
-    service = WebService(pipe, model_label(model, is_demo), limits, defaults=generation_defaults(model),
+    service = WebService(pipe, model_label(model, is_demo), limits, defaults=model_defaults(model),
                          examples=DEMO_EXAMPLES if is_demo else HUB_EXAMPLES, is_demo=is_demo)
     print(f"videofusion web: {service.model_name}, {service.width}x{service.height}, limits "
           + json.dumps(asdict(limits)), flush=True)

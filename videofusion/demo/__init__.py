@@ -1,4 +1,11 @@
-"""The built-in demo model: a tiny text-to-video model trained by this project, shipped in the package."""
+"""The built-in demo model and its kit: a tiny text-to-video model trained by this project on synthetic
+moving shapes, shipped in the package (``model/``, the diffusers layout).
+
+``DEMO_MODEL_PATH`` and ``DEMO_DEFAULTS`` are here; the kit that made and measures it is in the modules:
+``shapes`` (the synthetic clips), ``evaluation`` (reading colour, shape and direction back from pixels),
+``evaluate`` (``videofusion eval-demo``), ``recipe`` (``videofusion init-demo``: the starting folder), with
+``autoencoder`` and ``tokenizer`` (its VAE and vocabulary). docs/demo-model.md tells how it was trained.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,78 +14,3 @@ DEMO_MODEL_PATH = Path(__file__).parent / "model"
 
 # Settings the demo model was trained and evaluated with (its native size and a short schedule).
 DEMO_DEFAULTS = {"num_frames": 16, "num_inference_steps": 25, "guidance_scale": 7.5}
-
-
-def generation_defaults(model: str) -> dict:
-    """Call settings to use when the user gives none: the demo model's own, else the pipeline's."""
-    try:
-        same = Path(model).resolve() == DEMO_MODEL_PATH.resolve()
-    except OSError:
-        same = False
-    return dict(DEMO_DEFAULTS) if same else {}
-
-
-def evaluate_demo(model: str | None = None, seeds: int = 2, heldout_seeds: int = 4, max_combos: int | None = None,
-                  batch_size: int = 8, num_frames: int = 16, num_inference_steps: int | None = None,
-                  guidance_scale: float | None = None, noise: str | None = None,
-                  noise_ratio: float | None = None, long_video=None, progress: bool = True) -> dict:
-    """Prompt adherence of a moving-shapes model, read from the generated pixels.
-
-    Generates ``"a <colour> <shape> moving <direction>"`` for the training combinations (``seeds``
-    seeds each, at most ``max_combos`` of them, spread evenly) and for every held-out combination
-    (``heldout_seeds`` seeds each), scores each video with :func:`videofusion.demo.evaluation.score_clip`
-    and returns ``{"seen": {...accuracies}, "heldout": {...}, "videos": [...]}``. Video ``k`` of a
-    split uses seed ``k``, so runs are reproducible and comparable between models. ``num_frames`` and
-    ``long_video`` (a :class:`videofusion.long_video.LongVideo`, or None) go to every call, e.g. 64
-    frames with and without the long-video option to measure its coherence: videos longer than the
-    16 trained frames are also scored per 16-frame segment (``"segment_direction"``, ``"segment_still"``
-    in each split's summary). ``num_inference_steps`` and ``guidance_scale`` default to the demo's
-    (25 and 7.5).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .evaluation import score_clip, summarise
-    from ..pipelines.registry import DiffusionPipeline
-    from .shapes import combos
-
-    model = model or str(DEMO_MODEL_PATH)
-    settings = {**DEMO_DEFAULTS, **generation_defaults(model), "num_frames": num_frames}
-    if num_inference_steps is not None:
-        settings["num_inference_steps"] = num_inference_steps
-    if guidance_scale is not None:
-        settings["guidance_scale"] = guidance_scale
-    if noise is not None:
-        settings["noise"] = noise
-    if noise_ratio is not None:
-        settings["noise_ratio"] = noise_ratio
-    if long_video is not None:
-        settings["long_video"] = long_video
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    jobs = []
-    for split, n_seeds in (("seen", seeds), ("heldout", heldout_seeds)):
-        options = combos("train" if split == "seen" else "heldout")
-        if max_combos is not None and split == "seen" and len(options) > max_combos:
-            options = [options[round(i * len(options) / max_combos)] for i in range(max_combos)]
-        jobs += [(split, f"a {c} {s} moving {d}") for c, s, d in options for _ in range(n_seeds)]
-    seeds_used = {"seen": 0, "heldout": 0}
-    results = []
-    bar = tqdm(total=len(jobs), desc="eval-demo", disable=not progress)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        generators = []
-        for split, _ in chunk:
-            generators.append(torch.Generator().manual_seed(seeds_used[split]))
-            seeds_used[split] += 1
-        frames = pipe([p for _, p in chunk], generator=generators, **settings).frames
-        for (split, prompt), video, g in zip(chunk, frames, generators):
-            scored = score_clip(video, prompt, segment_frames=DEMO_DEFAULTS["num_frames"])
-            results.append({"split": split, "prompt": prompt, "seed": g.initial_seed(), **scored})
-        bar.update(len(chunk))
-    bar.close()
-    report = {split: summarise([r for r in results if r["split"] == split]) for split in ("seen", "heldout")}
-    report["settings"] = {k: v for k, v in settings.items()}
-    report["model"] = model
-    report["videos"] = results
-    return report

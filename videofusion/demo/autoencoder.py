@@ -23,7 +23,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..training.data import foreground_mask
+from .shapes import foreground_mask
 
 
 def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generator) -> torch.Tensor:

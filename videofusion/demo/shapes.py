@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.data import clip_to_tensor
+from ..io.video import clip_to_tensor
 
 # Saturated colours, RGB 0..255, hues about 60 degrees apart (red 0, yellow 60, green 120, cyan 180,
 # blue 240, magenta 300): unambiguous by hue on a neutral background.
@@ -309,6 +309,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         spec = self.specs[index]
         clip = render_clip(spec, self.num_frames, self.height, self.width, self.trail)  # (f, h, w, 3) uint8
         return {"video": clip_to_tensor(clip), "caption": self.caption(index)}  # video: (3, f, h, w)
+
+
+def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """Pixels that differ from their frame's top-left pixel by more than ``threshold`` in some channel:
+    the shape on the plain background of synthetic clips. ``(..., 3, h, w)`` in [-1, 1] -> bool
+    ``(..., 1, h, w)``. Meaningful only for plain-background data (not for natural videos)."""
+    return (frames - frames[..., :1, :1]).abs().amax(-3, keepdim=True) > threshold
 
 
 def _write_text(path: Path, text: str) -> None:

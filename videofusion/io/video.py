@@ -14,8 +14,8 @@ Values: uint8 in [0, 255], or floats in [0, 1] (clipped to [0, 1], then `(x * 25
 Grayscale (one channel, 2-D frames, PIL mode "L") is replicated to RGB. RGBA / alpha is rejected
 (drop or composite the alpha first). A batch of more than one video is rejected: pass `frames[i]`.
 
-All outputs are written atomically: into a temp file in the destination folder with the same suffix,
-then `os.replace`d onto the destination; on any error the temp file is removed and nothing is left.
+All outputs are written atomically (:class:`videofusion.io.saving.PartialFile`): into a temporary file beside
+the destination, flushed, then renamed onto it; on any error the temporary file is removed and nothing is left.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageSequence
 import torch
+
+from .saving import PartialFile
 
 VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # suffix -> PyAV format
 DEFAULT_CRF = 18  # libx264 constant rate factor: 0 lossless .. 51 worst; 18 is near visually lossless
@@ -168,6 +170,11 @@ def to_uint8_frames(frames: Any, name: str = "video_frames") -> np.ndarray:
     return np.ascontiguousarray(video)
 
 
+def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """RGB frames ``(f, h, w, 3)`` uint8 -> the training range: float32 ``(3, f, h, w)`` in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
 # ----------------------------------------------------------------------------- argument checks, atomic files
 
 
@@ -203,31 +210,6 @@ def _check_output_path(path: Any, name: str, suffixes: tuple[str, ...]) -> str:
 def _new_temp_output(suffix: str) -> str:
     """A fresh path in the system temp folder (not created; the atomic write creates it)."""
     return os.path.join(tempfile.gettempdir(), f"videofusion-{secrets.token_hex(8)}{suffix}")
-
-
-def _create_temp_beside(path: str) -> str:
-    """Create an empty hidden temp file in `path`'s folder with the same suffix; return its path."""
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}{os.path.splitext(base)[1]}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask-respecting permissions
-    return tmp
-
-
-def _commit(tmp: str, path: str) -> None:
-    """Flush `tmp` to disk and atomically move it onto `path`."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _discard(tmp: str) -> None:
-    try:
-        os.remove(tmp)
-    except FileNotFoundError:
-        pass
 
 
 # ----------------------------------------------------------------------------- MP4 writing
@@ -274,20 +256,20 @@ class VideoWriter:
             raise ValueError(f"crf must be a number in [0, 51] (lower is better quality), got {crf!r}")
         self.width, self.height, self.crf = width, height, crf
         self.num_frames = 0
-        self._tmp: str | None = None
+        self._file: PartialFile | None = None
         self._container = None
         self._stream = None
 
     def __enter__(self) -> VideoWriter:
-        if self._tmp is not None or self.num_frames:
+        if self._file is not None or self.num_frames:
             raise RuntimeError("a VideoWriter can be entered only once")
-        self._tmp = _create_temp_beside(self.path)
+        self._file = PartialFile(self.path)
         try:
             fmt = VIDEO_CONTAINERS[os.path.splitext(self.path)[1].lower()]
             options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-            self._container = _av().open(self._tmp, mode="w", format=fmt, options=options)
+            self._container = _av().open(str(self._file.tmp), mode="w", format=fmt, options=options)
         except BaseException:
-            _discard(self._tmp)
+            self._file.discard()
             raise
         return self
 
@@ -335,7 +317,7 @@ class VideoWriter:
             self._container.mux(self._stream.encode())  # flush delayed frames
             self._container.close()
             self._container = None
-            _commit(self._tmp, self.path)
+            self._file.commit()
         except BaseException:
             self._abort()
             raise
@@ -347,7 +329,7 @@ class VideoWriter:
             except Exception:  # the file is being thrown away; its trailer does not matter
                 pass
             self._container = None
-        _discard(self._tmp)
+        self._file.discard()
 
 
 def export_to_video(
@@ -413,8 +395,7 @@ def export_to_gif(
         raise ValueError(f"fps must be at most {MAX_GIF_FPS} for GIFs (browsers slow faster GIFs down), got {fps}")
     video = to_uint8_frames(frames, "frames")  # (f, h, w, 3)
     images = [PIL.Image.fromarray(image) for image in video]
-    tmp = _create_temp_beside(path)
-    try:
+    with PartialFile(path) as tmp:
         images[0].save(
             tmp,
             format="GIF",
@@ -424,10 +405,6 @@ def export_to_gif(
             loop=0,
             optimize=False,
         )
-        _commit(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
     return path
 
 

@@ -20,6 +20,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..io.loading import DIFFUSERS_VERSION, load_model
+from ..io.saving import save_model
+
 
 def config_from_dict(config_class: type, values: Mapping[str, Any] | None = None, **overrides: Any):
     """Build a config dataclass from a diffusers ``config.json`` dict.
@@ -71,15 +74,19 @@ class PretrainedModel(nn.Module):
                         torch_dtype: torch.dtype | None = None, variant: str | None = None,
                         **kwargs) -> "PretrainedModel":
         """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.io.loading.load_model`."""
-        from ..io.loading import load_model
         return load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=torch_dtype,
                           variant=variant, **kwargs)
 
     def save_pretrained(self, save_directory: str, variant: str | None = None,
-                        safe_serialization: bool = True, **kwargs) -> None:
-        """Write ``config.json`` and the weights, atomically. See :func:`videofusion.io.saving.save_model`."""
-        from ..io.saving import save_model
-        save_model(self, save_directory, variant=variant, safe_serialization=safe_serialization, **kwargs)
+                        safe_serialization: bool = True, max_shard_size: int | str | None = None) -> None:
+        """Write ``config.json`` and the weights in diffusers' layout, every file atomically (see
+        :func:`videofusion.io.saving.save_model` for ``variant``, ``safe_serialization`` and
+        ``max_shard_size``); ``diffusers.<Class>.from_pretrained`` loads the folder."""
+        config = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION,
+                  **config_to_dict(self.config)}
+        save_model(save_directory, config, self.state_dict(), config_name=self.config_name,
+                   weights_name=self.weights_name, variant=variant, safe_serialization=safe_serialization,
+                   max_shard_size=max_shard_size)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..long_video import fuse_windows
 from .chunking import dense, group_normalize, group_stats, pixel_view, pixels_per_chunk
+from .windows import fuse_windows
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -363,7 +363,7 @@ class TransformerTemporalModel(nn.Module):
         self.proj_in = nn.Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, dim_head)])
         self.proj_out = nn.Linear(inner_dim, in_channels)
-        # frame chunking (see videofusion.models.chunking) and FreeNoise windows (videofusion.long_video)
+        # frame chunking (see videofusion.models.chunking) and FreeNoise windows (videofusion.models.windows)
         self.frames_per_chunk: int | None = None
         self.pixels_per_chunk: int | None = None
         self.temporal_window: tuple[int, int] | None = None  # (window, stride) in frames
@@ -444,6 +444,15 @@ def set_attention_slice(model: nn.Module, slice_size: str | int | Sequence[int |
         layer.slice_size = size
 
 
+def set_fused_projections(model: nn.Module, fuse: bool = True) -> int:
+    """Fuse (or unfuse) the input projections of every :class:`Attention` in ``model`` (see
+    :meth:`Attention.fuse_projections`); returns how many layers changed."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        layer.fuse_projections(fuse)
+    return len(layers)
+
+
 def set_forward_chunking(model: nn.Module, chunk_size: int | None, dim: int = 0) -> None:
     """Run every :class:`BasicTransformerBlock` feed-forward in chunks of ``chunk_size`` along ``dim``
     (0 or 1); ``chunk_size=None`` turns chunking off. Exact."""
@@ -454,3 +463,8 @@ def set_forward_chunking(model: nn.Module, chunk_size: int | None, dim: int = 0)
     for m in model.modules():
         if isinstance(m, BasicTransformerBlock):
             m.chunk_size, m.chunk_dim = chunk_size, dim
+
+
+# Layers that streamed offload must keep whole: frame chunking calls them once per chunk (their weights must
+# stay resident across the chunks), and the temporal layers read their children's weights directly.
+OFFLOAD_UNITS = (ResnetBlock2D, Transformer2DModel, TemporalConvLayer, TransformerTemporalModel)

@@ -37,6 +37,7 @@ from .layers import (
     positive_int,
     set_attention_slice,
     set_forward_chunking,
+    set_fused_projections,
     timestep_embedding,
 )
 
@@ -279,6 +280,14 @@ class UNet3DConditionModel(PretrainedModel):
                 m.frames_per_chunk = frames_per_chunk
             elif isinstance(m, (TransformerTemporalModel, TemporalConvLayer)):
                 m.frames_per_chunk, m.pixels_per_chunk = frames_per_chunk, pixels_per_chunk
+
+    def fuse_qkv_projections(self) -> None:
+        """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same
+        outputs up to rounding, inference only (see :meth:`~videofusion.models.layers.Attention.fuse_projections`)."""
+        set_fused_projections(self, True)
+
+    def unfuse_qkv_projections(self) -> None:
+        set_fused_projections(self, False)
 
     def set_temporal_window(self, window: int | None, stride: int | None = None) -> None:
         """Temporal attention only within overlapping windows of ``window`` frames every ``stride``

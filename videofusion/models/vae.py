@@ -62,6 +62,11 @@ class VAEConfig:
         if not positive_int(size):
             raise config_error("sample_size", self.sample_size, "a positive int (or a list of them)")
 
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell, each way: 2 ** (number of blocks - 1); 8 for the published checkpoints."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 @dataclass
 class AutoencoderKLOutput:
@@ -275,7 +280,7 @@ class AutoencoderKL(PretrainedModel):
         self.use_tiling = False
         size = cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size
         self.tile_sample_min_size = size
-        self.tile_latent_min_size = int(size / 2 ** (len(cfg.block_out_channels) - 1))
+        self.tile_latent_min_size = int(size / cfg.scale_factor)
         self.tile_overlap_factor = 0.25
 
     def enable_slicing(self, slice_size: int = 1) -> None:

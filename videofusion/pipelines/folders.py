@@ -13,21 +13,20 @@ from typing import Any, Iterable
 
 import torch
 
-DIFFUSERS_VERSION = "0.42.1"
+from ..io.loading import DIFFUSERS_VERSION, read_json, read_model_index, resolve_pretrained, select_weight_files
+from ..io.saving import atomic_write_text
+from ..models import AutoencoderKL, UNet3DConditionModel
+from ..models.text import load_text_encoder, load_tokenizer
+from ..schedulers import SCHEDULER_CLASSES
 
 
 def _component_loaders() -> dict[str, Any]:
-    from ..models import AutoencoderKL, UNet3DConditionModel
-    from ..models.text import load_text_encoder, load_tokenizer
-    from ..schedulers import get_scheduler_class
-
     def model(cls):
         return lambda folder, name, dtype, variant: cls.from_pretrained(
             str(folder), subfolder=name, torch_dtype=dtype, variant=variant)
 
-    def scheduler(class_name):
-        return lambda folder, name, dtype, variant: get_scheduler_class(class_name).from_pretrained(
-            str(folder), subfolder=name)
+    def scheduler(cls):
+        return lambda folder, name, dtype, variant: cls.from_pretrained(str(folder), subfolder=name)
 
     loaders = {
         "UNet3DConditionModel": model(UNet3DConditionModel),
@@ -37,15 +36,9 @@ def _component_loaders() -> dict[str, Any]:
         "CLIPTokenizer": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
         "CLIPTokenizerFast": lambda folder, name, dtype, variant: load_tokenizer(folder, subfolder=name),
     }
-    from ..schedulers import SCHEDULER_CLASSES
     for cls in SCHEDULER_CLASSES:
-        loaders[cls.__name__] = scheduler(cls.__name__)
+        loaders[cls.__name__] = scheduler(cls)
     return loaders
-
-
-def pipeline_class_name(folder: str | os.PathLike) -> str:
-    from ..io.loading import read_model_index
-    return read_model_index(folder)["_class_name"]
 
 
 def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dtype: torch.dtype | None = None,
@@ -57,7 +50,6 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dty
     ``overrides`` maps component names to ready objects that replace the folder's
     (``scheduler=DPMSolverMultistepScheduler(...)``); any other keyword is an error.
     """
-    from ..io.loading import read_model_index, resolve_pretrained
     names = tuple(names)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -88,10 +80,18 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dty
     return components
 
 
+def native_geometry(folder: str | os.PathLike) -> tuple[int, int]:
+    """``(native_size, vae_scale_factor)`` of a pipeline folder, read from its UNet and VAE configs
+    without loading any weights (the same numbers as :attr:`VideoPipeline.native_size` and
+    :attr:`VideoPipeline.vae_scale_factor`): front ends check sizes with them before loading."""
+    vae = AutoencoderKL.make_config(read_json(Path(folder) / "vae", AutoencoderKL.config_name))
+    unet = UNet3DConditionModel.make_config(read_json(Path(folder) / "unet", UNet3DConditionModel.config_name))
+    return unet.sample_size * vae.scale_factor, vae.scale_factor
+
+
 def component_variant(folder: str | os.PathLike, name: str, variant: str | None) -> str | None:
     """``variant`` if the component has weights of that variant, else ``None`` (its plain weights), as
     diffusers' pipelines do: a folder may ship fp16 files for some components only."""
-    from ..io.loading import select_weight_files
     if variant is None:
         return None
     files = os.listdir(Path(folder) / name)
@@ -106,7 +106,6 @@ def _library_of(obj: Any) -> str:
 def save_pipeline(class_name: str, components: dict[str, Any], save_directory: str | os.PathLike, *,
                   variant: str | None = None, safe_serialization: bool = True) -> None:
     """Write ``model_index.json`` and each component's subfolder; every file is written atomically."""
-    from ..io.saving import atomic_write_text
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}

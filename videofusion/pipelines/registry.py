@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..io.loading import read_model_index, resolve_pretrained
 from .text_to_video import TextToVideoSDPipeline
 
 PIPELINES = {"TextToVideoSDPipeline": TextToVideoSDPipeline}
@@ -15,7 +16,6 @@ class DiffusionPipeline:
     def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs: Any):
         """Load the pipeline class named by the folder's ``model_index.json`` (see
         :meth:`TextToVideoSDPipeline.from_pretrained` for the keyword arguments)."""
-        from ..io.loading import read_model_index, resolve_pretrained
         hub = {k: kwargs[k] for k in ("variant", "cache_dir", "revision", "local_files_only") if k in kwargs}
         folder = resolve_pretrained(pretrained_model_name_or_path, **hub)
         name = read_model_index(folder).get("_class_name")

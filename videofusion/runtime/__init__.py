@@ -1,4 +1,2 @@
-"""Where the models run: devices and CPU offload."""
-from .offload import ModelOffload, SequentialOffload, accelerator_device
-
-__all__ = ["ModelOffload", "SequentialOffload", "accelerator_device"]
+"""Where the models run: devices and dtypes, CPU offload (per model, per layer, streamed), the fast path,
+and :class:`~videofusion.runtime.placement.Placement`, which holds a pipeline's choice among them."""

@@ -51,16 +51,6 @@ def use_compile_cache() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-def fuse_projections(model: nn.Module, fuse: bool = True) -> int:
-    """Fuse (or unfuse) the input projections of every attention layer in ``model``; returns how
-    many layers changed. See :meth:`videofusion.models.layers.Attention.fuse_projections`."""
-    from ..models.layers import Attention
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
-    for layer in layers:
-        layer.fuse_projections(fuse)
-    return len(layers)
-
-
 def set_conv_layout(model: nn.Module, memory_format: torch.memory_format) -> None:
     """Store every 2-D convolution weight of ``model`` in ``memory_format`` (``torch.channels_last``
     or ``torch.contiguous_format``). Values are unchanged; only the strides move."""
@@ -86,10 +76,10 @@ class FastPath:
             raise ValueError(f"mode: {self.mode!r} is not one of {list(COMPILE_MODES)}")
 
     def apply(self, unet: nn.Module) -> "FastPath":
-        """Fuse and re-layout ``unet`` in place and prepare the compiled forward (compiled lazily, on
+        """Fuse (``unet.fuse_qkv_projections()``) and re-layout ``unet`` in place and prepare the compiled forward (compiled lazily, on
         the first call, for the shapes it gets)."""
         if self.fuse_qkv:
-            fuse_projections(unet, True)
+            unet.fuse_qkv_projections()
         if self.channels_last:
             set_conv_layout(unet, torch.channels_last)
         if self.compile:
@@ -102,7 +92,7 @@ class FastPath:
 
     def remove(self, unet: nn.Module) -> None:
         """Undo :meth:`apply`: plain projections, contiguous weights, the eager forward."""
-        fuse_projections(unet, False)
+        unet.unfuse_qkv_projections()
         set_conv_layout(unet, torch.contiguous_format)
         self._compiled = None
 

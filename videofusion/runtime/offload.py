@@ -10,30 +10,8 @@ Both are exact: they only move tensors.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
-
-
-def accelerator_device(gpu_id: int | None = None, device: torch.device | str | None = None) -> torch.device | None:
-    """The accelerator offload should target: ``device`` if given, else ``cuda:<gpu_id>`` (or MPS) when
-    one exists, else ``None`` (no accelerator: offload has nothing to do)."""
-    if device is not None:
-        device = torch.device(device)
-        if gpu_id is not None and device.index is None:
-            device = torch.device(device.type, gpu_id)
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", gpu_id or 0)
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return None
-
-
-def warn_no_accelerator(what: str) -> None:
-    warnings.warn(f"{what}: no accelerator (CUDA or MPS) found, so there is nothing to offload to; "
-                  "the models stay on the CPU and the call runs there unchanged.", stacklevel=3)
 
 
 class ModelOffload:

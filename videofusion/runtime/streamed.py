@@ -161,20 +161,17 @@ class StreamedOffload:
     memory and forward pre-hooks bring each block in; ``detach()`` undoes it and leaves the models on
     the CPU. ``max_blocks`` >= 1 blocks on the device at once (1: no overlap, like sequential offload;
     more: deeper prefetch, more memory); ``block_bytes`` bounds a block's size (a single layer larger
-    than it is still one block). ``atomic`` module types are never split (default: the layers frame
-    chunking calls once per chunk, which must stay resident across their chunks, and the temporal
-    layers, which read their children's weights directly).
+    than it is still one block). ``atomic`` module types are never split: the model's layers that run
+    chunk by chunk (they must stay resident across their chunks) or read their children's weights
+    directly (for the UNet3D and VAE: :data:`videofusion.models.layers.OFFLOAD_UNITS`).
     """
 
     def __init__(self, device: torch.device | str, max_blocks: int = 4, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 atomic: tuple[type, ...] | None = None):
+                 *, atomic: tuple[type, ...]):
         if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1:
             raise ValueError(f"max_blocks: must be an int >= 1, got {max_blocks!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
             raise ValueError(f"block_bytes: must be a positive int (bytes), got {block_bytes!r}")
-        if atomic is None:  # layers run chunk by chunk (frame chunking), or reading their children's weights
-            from ..models.layers import ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel
-            atomic = (ResnetBlock2D, Transformer2DModel, TemporalConvLayer, TransformerTemporalModel)
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())

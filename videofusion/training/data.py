@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.video import clip_to_tensor
+
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".mkv", ".webm")
 
 
@@ -97,18 +99,6 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
                              f"fewer than num_frames={self.num_frames}")
         frames = resize_clip(frames, self.height, self.width)
         return {"video": clip_to_tensor(frames), "caption": text}
-
-
-def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Pixels that differ from their frame's top-left pixel by more than ``threshold`` in some channel:
-    the shape on the plain background of synthetic clips. ``(..., 3, h, w)`` in [-1, 1] -> bool
-    ``(..., 1, h, w)``. Meaningful only for plain-background data (not for natural videos)."""
-    return (frames - frames[..., :1, :1]).abs().amax(-3, keepdim=True) > threshold
-
-
-def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """RGB frames ``(f, h, w, 3)`` uint8 -> the training range: float32 ``(3, f, h, w)`` in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:

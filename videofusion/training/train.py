@@ -207,9 +207,9 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, temporal_weight: floa
 
 
 def foreground_coverage(clips: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """Share of each latent pixel's pixels that are foreground (:func:`~.data.foreground_mask`):
+    """Share of each latent pixel's pixels that are foreground (:func:`~videofusion.demo.shapes.foreground_mask`):
     clips ``(b, 3, f, h, w)`` in [-1, 1] -> ``(b, 1, f, h', w')`` in [0, 1]."""
-    from .data import foreground_mask
+    from ..demo.shapes import foreground_mask
     b, c, f, h, w = clips.shape
     mask = foreground_mask(clips.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # (b*f, 1, h, w)
     cover = torch.nn.functional.adaptive_avg_pool2d(mask.float(), tuple(latent_size))  # (b*f, 1, h', w')

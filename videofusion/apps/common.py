@@ -1,0 +1,106 @@
+"""What the front ends (command line, web page, batch) share: the model to load and its recommended
+settings, device, dtype and threads, checking a request before any model loads, and naming outputs.
+
+Front ends hold no model logic: they parse, check with :class:`~videofusion.settings.GenerationSettings`,
+call a pipeline and write files. A front end never imports another; what two of them need lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..demo import DEMO_DEFAULTS, DEMO_MODEL_PATH
+from ..errors import SettingError
+from ..runtime.devices import DTYPES
+from ..settings import GenerationSettings
+
+# A setting's name in the pipeline -> the command-line option that sets it (errors name what the user typed).
+FLAGS = {
+    "num_frames": "--num-frames", "num_inference_steps": "--steps", "guidance_scale": "--guidance-scale",
+    "height": "--height", "width": "--width", "negative_prompt": "--negative-prompt", "noise": "--noise",
+    "noise_ratio": "--noise-ratio", "long_video": "--long-video", "prompt": "PROMPT", "model": "--model",
+    "device": "--device", "dtype": "--dtype", "threads": "--threads", "fps": "--fps", "output": "--output",
+}
+
+
+class CLIError(Exception):
+    """A user mistake on the command line, reported as one line and exit code 2."""
+
+
+def cli_error(error: SettingError, flags: Mapping[str, str] = FLAGS) -> CLIError:
+    """``error`` in the words of the command line: the option the user typed and the value they gave."""
+    return CLIError(f"{flags.get(error.name, error.name)}: must be {error.accepted}, got {error.value!r}")
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+
+def resolve_model(model: str | None) -> str:
+    """The model a front end loads: ``model`` (a folder or Hub id), else the built-in demo model."""
+    if model:
+        return model
+    if not DEMO_MODEL_PATH.is_dir():
+        raise CLIError("--model: no built-in demo model is installed; pass a model folder or Hub id")
+    return str(DEMO_MODEL_PATH)
+
+
+def is_demo_model(model: str) -> bool:
+    """True when ``model`` is the built-in demo model's folder."""
+    try:
+        return os.path.isdir(model) and Path(model).resolve() == DEMO_MODEL_PATH.resolve()
+    except OSError:
+        return False
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Settings a model recommends over :class:`GenerationSettings`' defaults: the demo model's own
+    (its native size and a short schedule), else none."""
+    return dict(DEMO_DEFAULTS) if is_demo_model(model) else {}
+
+
+def request_settings(model: str, given: Mapping[str, Any]) -> GenerationSettings:
+    """The settings of a request: :class:`GenerationSettings` defaults < the model's < ``given``
+    (``None`` values in ``given`` mean "not given"). Raises SettingError naming the setting."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return GenerationSettings(**{**model_defaults(model), **chosen})
+
+
+def check_size(settings: GenerationSettings, folder: str | os.PathLike) -> GenerationSettings:
+    """``settings`` sized for the pipeline folder ``folder`` (its native size and VAE scale factor, read
+    from its configs: no weights are loaded)."""
+    from ..pipelines.folders import native_geometry
+    return settings.sized(*native_geometry(folder))
+
+
+# ------------------------------------------------------------------------------------------- where it runs
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, device_help: str | None = None) -> None:
+    """``--device``, ``--dtype`` and ``--threads``: the same options, defaults and meaning in every front end."""
+    p.add_argument("--device", default="auto",
+                   help=device_help or "auto, cpu, cuda, cuda:1, mps (default auto: CUDA, then MPS, then the CPU)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="default auto: float16 on CUDA and MPS, float32 on the CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for torch's operators (None: leave torch's default)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise SettingError("threads", threads, "an integer >= 1")
+    import torch
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def slug(prompt: str, limit: int = 60) -> str:
+    """A file-name stem from a prompt: lower case, runs of other characters as ``-``; ``video`` if empty."""
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return words[:limit].rstrip("-") or "video"

@@ -1,0 +1,75 @@
+"""Devices and dtypes: the one place that decides where and in what precision models run.
+
+``"auto"`` always means the same order, everywhere (CLI, web, batch, training, offload): CUDA, then
+Apple's MPS, then the CPU. The default dtype is float16 on CUDA and MPS, float32 on the CPU (float16
+on the CPU runs on slow fallback kernels).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import SettingError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else MPS, else the CPU. Any other name (``"cpu"``, ``"cuda:1"``,
+    ``"mps"``) is checked: SettingError naming ``device`` when it is malformed or not available here."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise SettingError("device", name, "auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingError("device", str(device), "auto or cpu: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SettingError("device", str(device), f"one of the {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not mps_available():
+        raise SettingError("device", str(device), "auto or cpu: MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise SettingError("device", str(device), "auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: float16 on CUDA and MPS, float32 on the CPU; else the named floating dtype
+    (one of :data:`DTYPES`). SettingError naming ``dtype`` otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name not in DTYPES:
+        raise SettingError("dtype", name, f"one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def accelerator_device(gpu_id: int | None = None, device: torch.device | str | None = None) -> torch.device | None:
+    """The accelerator that offload should target: ``device`` if given, else ``cuda:<gpu_id>`` (or MPS)
+    when one exists, else ``None`` (no accelerator: offload has nothing to do)."""
+    if device is not None:
+        device = torch.device(device)
+        if gpu_id is not None and device.index is None:
+            device = torch.device(device.type, gpu_id)
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu_id or 0)
+    return torch.device("mps") if mps_available() else None
+
+
+def warn_no_accelerator(what: str) -> None:
+    warnings.warn(f"{what}: no accelerator (CUDA or MPS) found, so there is nothing to offload to; "
+                  "the models stay on the CPU and the call runs there unchanged.", stacklevel=3)
