@@ -1,6 +1,6 @@
 """Speed of videofusion against diffusers 0.42.1, side by side in ONE process on the SAME weights.
 
-On CUDA (the real benchmark, issue 6) it builds the published 1.7B configs of
+On CUDA (the real benchmark) it builds the published 1.7B configs of
 damo-vilab/text-to-video-ms-1.7b with random weights (bench/reference/text-to-video-ms-1.7b.json; random
 weights cost the same time as real ones) and measures, for 256x256x16 (50 DDIM steps), 256x256x64 and
 576x320x24 (25 steps):

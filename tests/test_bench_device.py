@@ -1,5 +1,6 @@
-"""bench/device.sh, the prepared device-machine call: its commands stay valid for the bench scripts they
-run (argument names, sizes, modes), it rejects unknown parts, and without a GPU it stops at its first part."""
+"""bench/device.sh, the GPU benchmarks in order: its commands stay valid for the bench scripts they run
+(argument names, sizes, modes), it takes per-part limits, it rejects unknown parts and options, and without
+a GPU it stops at its first part."""
 import os
 import shlex
 import subprocess
@@ -23,16 +24,19 @@ def dry_run(*parts: str) -> list[tuple[str, int, str]]:
     return [(part, int(limit), command) for part, limit, command in rows]
 
 
-def test_default_parts_fit_a_short_call():
+def test_default_parts_and_limits():
     rows = dry_run()
     assert [part for part, _, _ in rows] == ["env", "cuda", "gpu-16", "memory-64"]
-    assert sum(limit for _, limit, _ in rows) <= 8 * 60  # leaves minutes for a rerun of a part (15 in all)
+    assert all(limit > 0 for _, limit, _ in rows)
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--limit", "gpu-16=600", "gpu-16", "env"],
+                         capture_output=True, text=True, check=True).stdout
+    assert [line.split("\t")[:2] for line in out.splitlines()] == [["gpu-16", "600"], ["env", "30"]]
 
 
 @pytest.mark.parametrize("part", ALL_PARTS[1:])
 def test_bench_commands_parse(part):
     (_, limit, command), = dry_run(part)
-    assert 0 < limit <= 9 * 60  # under the device tool's 10 minutes per command
+    assert 0 < limit <= 9 * 60
     words = shlex.split(command)
     assert words[:2] == ["python3", f"bench/{part.split('-')[0]}.py".replace("cuda.py", "cuda_checks.py")]
     if part == "cuda":
@@ -47,10 +51,16 @@ def test_bench_commands_parse(part):
         assert not args.tiny
 
 
-def test_unknown_part_is_refused():
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "gpu-16", "gpu-1024"], capture_output=True, text=True)
+@pytest.mark.parametrize("args,words", [
+    (["gpu-16", "gpu-1024"], ["unknown part 'gpu-1024'", "gpu-16"]),
+    (["--limit", "gpu-16=soon"], ["'soon' is not a number"]),
+    (["--limit", "gpu-1024=60"], ["unknown part 'gpu-1024'"]),
+    (["--fast"], ["unknown option '--fast'"]),
+])
+def test_unknown_parts_and_bad_options_are_refused(args, words):
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "unknown part 'gpu-1024'" in result.stderr and "gpu-16" in result.stderr
+    assert all(w in result.stderr for w in words), result.stderr
 
 
 def test_without_a_gpu_it_stops_at_env(tmp_path):
@@ -67,7 +77,7 @@ def test_without_a_gpu_it_stops_at_env(tmp_path):
 
 
 def test_cuda_checks_pass_on_the_cpu_and_catch_a_block_that_was_not_loaded(monkeypatch, capsys):
-    """bench/cuda_checks.py (the device call's first part) on the CPU: every mode gives the resident
+    """bench/cuda_checks.py (device.sh's first benchmark) on the CPU: every mode gives the resident
     video; with a streamed block never copied in, the streamed checks fail (NaN weights) and it exits 1."""
     import cuda_checks
     from videofusion.runtime.streamed import StreamedOffload
