@@ -17,7 +17,7 @@ from videofusion.schedulers import (SCHEDULER_CLASSES, SCHEDULERS, DDIMScheduler
                                     EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler,
                                     PNDMScheduler, SchedulerConfig, SchedulerOutput, UniPCMultistepScheduler,
                                     get_scheduler_class, make_scheduler)
-from videofusion.schedulers.base import make_betas, rescale_zero_terminal_snr, spaced_timesteps
+from videofusion.schedulers.schedules import make_betas, rescale_zero_terminal_snr, spaced_timesteps
 
 # diffusers' own schedulers mix numpy and torch in ways numpy 2 flags on every call
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),

@@ -13,8 +13,8 @@ from scheduler_oracle import (MODELSCOPE_DDIM_CONFIG, assert_same_run, close, di
                               toy_model)
 from videofusion.schedulers import (DEISMultistepScheduler, DPMSolverMultistepScheduler,
                                     DPMSolverSinglestepScheduler, UniPCMultistepScheduler)
-from videofusion.schedulers.dpm_multistep import (dpm_solver_pp_first_order, dpm_solver_pp_second_order,
-                                                  multistep_timesteps, vp_alpha_sigma)
+from videofusion.schedulers.dpm_multistep import dpm_solver_pp_first_order, dpm_solver_pp_second_order
+from videofusion.schedulers.multistep import multistep_timesteps, vp_alpha_sigma
 from videofusion.schedulers.dpm_singlestep import singlestep_orders
 
 DPM, SINGLE, UNIPC, DEIS = (DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler,

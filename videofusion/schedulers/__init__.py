@@ -4,13 +4,19 @@ Every class reads a diffusers ``scheduler_config.json`` dict, so algorithms swap
 
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
-``SCHEDULERS`` maps the short names the CLI and web UI accept to (class, config overrides).
+Shared code: :mod:`.config` (the ``Scheduler`` base class, ``SchedulerConfig``, ``SchedulerOutput``),
+:mod:`.schedules` (betas, timestep grids), :mod:`.predictions` (x0 from the model output, thresholding),
+:mod:`.sigmas` (noise levels; base of Euler, Euler a, Heun, LMS), :mod:`.multistep` (base and helpers of
+DPM-Solver++, UniPC, DEIS).
+
+``SCHEDULERS`` is the one registry: it maps the short names the CLI and web UI accept to (class, config
+overrides); ``SCHEDULER_CLASSES`` and the class-name lookup of :func:`get_scheduler_class` derive from it.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Scheduler, SchedulerConfig, SchedulerOutput
+from .config import Scheduler, SchedulerConfig, SchedulerOutput
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
@@ -22,6 +28,7 @@ from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
+# short name -> (class, config overrides); every class appears here, first under a name without overrides
 SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
@@ -38,11 +45,9 @@ SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "deis": (DEISMultistepScheduler, {}),
 }
 
-SCHEDULER_CLASSES: list[type[Scheduler]] = [
-    DDIMScheduler, DDPMScheduler, PNDMScheduler, LMSDiscreteScheduler, EulerDiscreteScheduler,
-    EulerAncestralDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler, UniPCMultistepScheduler, DEISMultistepScheduler,
-]
+# every scheduler class, each once, in the order of SCHEDULERS
+SCHEDULER_CLASSES: list[type[Scheduler]] = list(dict.fromkeys(cls for cls, _ in SCHEDULERS.values()))
+_BY_CLASS_NAME: dict[str, type[Scheduler]] = {cls.__name__: cls for cls in SCHEDULER_CLASSES}
 
 
 def get_scheduler_class(name: str) -> type[Scheduler]:
@@ -53,10 +58,9 @@ def get_scheduler_class(name: str) -> type[Scheduler]:
     """
     if name in SCHEDULERS:
         return SCHEDULERS[name][0]
-    by_class = {cls.__name__: cls for cls in SCHEDULER_CLASSES}
-    if name in by_class:
-        return by_class[name]
-    raise ValueError(f"unknown scheduler {name!r}; accepted: {sorted(SCHEDULERS)} or {sorted(by_class)}")
+    if name in _BY_CLASS_NAME:
+        return _BY_CLASS_NAME[name]
+    raise ValueError(f"unknown scheduler {name!r}; accepted: {sorted(SCHEDULERS)} or {sorted(_BY_CLASS_NAME)}")
 
 
 def make_scheduler(name: str, config: dict[str, Any]) -> Scheduler:

@@ -4,25 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..noise import randn
-from .base import Scheduler, dynamic_threshold, rounded_timesteps
-
-
-def predict_x0_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
-                   prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) from the model output at a timestep with cumulative alpha ``alpha_prod_t``.
-
-    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; ``epsilon`` predicts eps, ``sample`` predicts x0,
-    ``v_prediction`` predicts v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
-    """
-    beta_prod_t = 1 - alpha_prod_t
-    if prediction_type == "epsilon":
-        return (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
-    if prediction_type == "sample":
-        return model_output, (sample - alpha_prod_t ** 0.5 * model_output) / beta_prod_t ** 0.5
-    if prediction_type == "v_prediction":
-        return (alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output,
-                alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample)
-    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
+from .config import Scheduler
+from .predictions import predict_x0_eps, threshold_or_clip
+from .schedules import rounded_timesteps
 
 
 def ddim_sigma(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, eta: float) -> torch.Tensor:
@@ -63,16 +47,6 @@ class DDIMScheduler(Scheduler):
         self.timesteps = rounded_timesteps(self.config, num_inference_steps, device)
         self.num_inference_steps = num_inference_steps
 
-    def _x0_eps(self, model_output, timestep, sample):
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        x0, eps = predict_x0_eps(model_output, sample, alpha_prod_t, self.config.prediction_type)
-        c = self.config
-        if c.thresholding:
-            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-        elif c.clip_sample:
-            x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
-        return x0, eps
-
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
              generator: torch.Generator | None = None, return_dict: bool = True):
         """One DDIM step from ``timestep`` to ``timestep - T // num_inference_steps``.
@@ -86,7 +60,8 @@ class DDIMScheduler(Scheduler):
         prev_timestep = timestep - self.config.num_train_timesteps // self.num_inference_steps
         alpha_prod_t = self.alphas_cumprod[timestep]
         alpha_prod_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        x0, eps = self._x0_eps(model_output, timestep, sample)
+        x0, eps = predict_x0_eps(model_output, sample, alpha_prod_t, self.config.prediction_type)
+        x0 = threshold_or_clip(x0, self.config)
         std_dev_t = ddim_sigma(alpha_prod_t, alpha_prod_prev, eta)
         noise = None
         if eta > 0:

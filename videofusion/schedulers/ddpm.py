@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..noise import randn
-from .base import Scheduler, dynamic_threshold, rounded_timesteps
-from .ddim import predict_x0_eps
+from .config import Scheduler
+from .predictions import predict_x0_eps, threshold_or_clip
+from .schedules import rounded_timesteps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 
@@ -88,10 +89,7 @@ class DDPMScheduler(Scheduler):
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
         x0, _ = predict_x0_eps(model_output, sample, alpha_prod_t, c.prediction_type)
-        if c.thresholding:
-            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-        elif c.clip_sample:
-            x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        x0 = threshold_or_clip(x0, c)
         prev_sample = ddpm_posterior_mean(x0, sample, alpha_prod_t, alpha_prod_prev)
         if t > 0:
             noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)

@@ -11,14 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
-from .dpm_multistep import (
+from .multistep import (
+    ExponentialIntegratorScheduler,
+    data_prediction,
     half_log_snr,
-    inference_schedule,
-    multistep_timesteps,
-    predict_x0,
-    reject_unsupported,
-    schedule_add_noise,
+    multistep_order,
     sigma_spacing_of,
     vp_alpha_sigma,
 )
@@ -87,7 +84,7 @@ def deis_multistep(
     return alpha_t * x
 
 
-class DEISMultistepScheduler(Scheduler):
+class DEISMultistepScheduler(ExponentialIntegratorScheduler):
     """Multistep DEIS (orders 1-3), diffusers' `DEISMultistepScheduler`.
 
     Config keys and defaults are diffusers'; `algorithm_type` / `solver_type` have one value each ('deis' /
@@ -103,46 +100,27 @@ class DEISMultistepScheduler(Scheduler):
         use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
         timestep_spacing="linspace", steps_offset=0,
     )
-    choices = {**Scheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("deis",), "solver_type": ("logrho",)}
-
-    def __init__(self, **config):
-        # other solvers' names, mapped as diffusers maps them (its DEIS has one algorithm and one solver type)
-        if config.get("algorithm_type") in ("dpmsolver", "dpmsolver++"):
-            config["algorithm_type"] = "deis"
-        if config.get("solver_type") in ("midpoint", "heun", "bh1", "bh2"):
-            config["solver_type"] = "logrho"
-        super().__init__(**config)
-        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
-        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
-        self.lower_order_nums = 0
-
-    def _validate(self, values: dict) -> None:
-        super()._validate(values)
-        reject_unsupported(type(self).__name__, values)
-        sigma_spacing_of(values)
+    choices = {
+        **ExponentialIntegratorScheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("deis",),
+        "solver_type": ("logrho",),
+    }
+    # other solvers' names, mapped as diffusers maps them (its DEIS has one algorithm and one solver type)
+    option_aliases = {
+        "algorithm_type": {"dpmsolver": "deis", "dpmsolver++": "deis"},
+        "solver_type": {"midpoint": "logrho", "heun": "logrho", "bh1": "logrho", "bh2": "logrho"},
+    }
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
         c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
-        spacing = sigma_spacing_of(c)
-        timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, spacing)
-        sigma_last = sigmas[-1] if spacing else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self.model_outputs = [None] * c.solver_order
-        self.lower_order_nums = 0
-        self._step_index = None
-        self._begin_index = None
+        timesteps, sigmas = self._spaced_schedule(num_inference_steps, c.timestep_spacing, c.steps_offset)
+        sigma_last = sigmas[-1] if sigma_spacing_of(c) else self._training_sigma_min()
+        self._set_schedule(timesteps, sigmas, sigma_last, device)
 
     def _noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) at the current step; eps is recomputed from the (optionally thresholded) x0, as diffusers does."""
-        c, sigma = self.config, self.sigmas[self._step_index]
-        x0 = predict_x0(model_output, sample, sigma, c.prediction_type)
-        if c.thresholding:
-            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        sigma = self.sigmas[self._step_index]
+        x0 = data_prediction(model_output, sample, sigma, self.config)
         alpha_t, sigma_t = vp_alpha_sigma(sigma)
         return x0, (sample - alpha_t * x0) / sigma_t
 
@@ -159,21 +137,14 @@ class DEISMultistepScheduler(Scheduler):
         model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample, pred_original_sample=x0) or
         that tuple. Deterministic: `generator` is accepted (the pipeline passes it to every scheduler) and not used.
         """
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        c, i, n = self.config, self._step_index, len(self.timesteps)
+        i = self._start_step(timestep)
+        c, n = self.config, len(self.timesteps)
         lower_final = i == n - 1 and c.lower_order_final and n < 15
         lower_second = i == n - 2 and c.lower_order_final and n < 15
 
         x0, eps = self._noise_prediction(model_output, sample)
         self.model_outputs = [*self.model_outputs[1:], eps]  # oldest first
-        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
-            order = 1
-        elif c.solver_order == 2 or self.lower_order_nums < 2 or lower_second:
-            order = 2
-        else:
-            order = 3
+        order = multistep_order(c.solver_order, self.lower_order_nums, lower_final, lower_second)
         if order == 1:
             prev = deis_first_order(sample, eps, self.sigmas[i], self.sigmas[i + 1])
         else:
@@ -183,4 +154,3 @@ class DEISMultistepScheduler(Scheduler):
         self._step_index += 1
         return self._output(prev, x0, return_dict)
 
-    add_noise = schedule_add_noise

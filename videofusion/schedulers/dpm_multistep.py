@@ -1,156 +1,25 @@
 """DPM-Solver++ multistep sampler (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
-Diffusion Probabilistic Models", Alg. 2), its SDE variant, and the noise-schedule helpers shared by the
-exponential-integrator schedulers (dpm_singlestep, unipc, deis).
-
-Notation (as in the papers and diffusers): the class keeps the variance-exploding noise level
-`sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod)` per step; the variance-preserving pair is
-`alpha_t = 1 / sqrt(sigma**2 + 1)`, `sigma_t = sigma * alpha_t`, and the half log-SNR is
-`lambda = log(alpha_t) - log(sigma_t)`. A final sigma of 0 gives lambda = +inf, and every update below
-then returns the data prediction exactly.
+Diffusion Probabilistic Models", Alg. 2) and its SDE variant. The first- and second-order updates are
+shared with the singlestep solver (dpm_singlestep); the noise-level notation (sigma, alpha_t, sigma_t,
+lambda) and the schedule helpers are those of :mod:`.multistep`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..noise import randn
-from .base import (
-    Scheduler,
-    beta_sigmas,
-    check_num_inference_steps,
-    dynamic_threshold,
-    exponential_sigmas,
-    karras_sigmas,
-    sigma_spacing,
-    sigma_to_t,
-    sigmas_from_alphas_cumprod,
+from .multistep import (
+    ExponentialIntegratorScheduler,
+    data_prediction,
+    half_log_snr,
+    lambda_clipped_last_timestep,
+    multistep_order,
+    vp_alpha_sigma,
 )
 
 # ----------------------------------------------------------------------------------------------------
-# noise-schedule helpers (numpy, run once per set_timesteps)
-
-
-def multistep_timesteps(
-    num_train_timesteps: int,
-    num_inference_steps: int,
-    spacing: str,
-    steps_offset: int = 0,
-    last_timestep: int | None = None,
-) -> np.ndarray:
-    """Integer timesteps, descending, as the DPM-Solver family spaces them (diffusers' DPMSolverMultistep,
-    UniPC and DEIS; Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Tab. 2).
-
-    Differs from DDIM's spacing: 'linspace' rounds `linspace(0, T-1, n+1)` and drops the 0, 'leading' uses a
-    step of `T // (n + 1)`, 'trailing' counts down from `last_timestep` in steps of `T / n`.
-    `last_timestep` (default `num_train_timesteps`) cuts off the low-SNR end (lambda_min_clipped).
-    """
-    last = num_train_timesteps if last_timestep is None else last_timestep
-    n = num_inference_steps
-    if spacing == "linspace":
-        return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
-    if spacing == "leading":
-        step_ratio = last // (n + 1)
-        return (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
-    if spacing == "trailing":
-        step_ratio = num_train_timesteps / n
-        return np.arange(last, 0, -step_ratio).round().copy().astype(np.int64) - 1
-    raise ValueError(f"timestep_spacing must be one of 'linspace', 'leading', 'trailing', got {spacing!r}")
-
-
-def lu_sigmas(log_min: float, log_max: float, num_inference_steps: int) -> np.ndarray:
-    """Noise levels spaced uniformly in log sigma, i.e. in log-SNR (the step-size rule of Lu et al. 2022, DPM-Solver),
-    from exp(log_max) down to exp(log_min). float64 (num_inference_steps,)."""
-    ramp = np.linspace(0, 1, num_inference_steps)
-    return np.exp(log_max + ramp * (log_min - log_max))
-
-
-def inference_schedule(
-    alphas_cumprod: torch.Tensor,
-    timesteps: np.ndarray,
-    sigma_spacing: str | None = None,
-    round_timesteps: bool = True,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(timesteps, sigmas) of one sampling run, without the final sigma.
-
-    `sigma_spacing` None: the training sigmas interpolated at `timesteps`. 'karras' (Karras et al. 2022),
-    'lu' (uniform log-SNR), 'exponential' (uniform log sigma) or 'beta' (Beta(0.6, 0.6) quantiles, needs
-    scipy): `len(timesteps)` new noise levels between the training extremes (or `sigma_min` / `sigma_max`),
-    mapped back to fractional timesteps, which are rounded for 'karras' and 'lu' when `round_timesteps`.
-    Returns timesteps (n,) and float64 sigmas (n,).
-    """
-    sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)  # float32 (T,), ascending in t
-    if sigma_spacing is None:
-        return timesteps, np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-    n = len(timesteps)
-    log_sigmas = np.log(sigmas)
-    lo = sigmas[0].item() if sigma_min is None else sigma_min
-    hi = sigmas[-1].item() if sigma_max is None else sigma_max
-    if sigma_spacing == "karras":
-        new_sigmas = karras_sigmas(lo, hi, n)
-    elif sigma_spacing == "lu":
-        new_sigmas = lu_sigmas(log_sigmas[0].item(), log_sigmas[-1].item(), n)
-    elif sigma_spacing in ("exponential", "beta"):
-        new_sigmas = (exponential_sigmas if sigma_spacing == "exponential" else beta_sigmas)(lo, hi, n)
-        round_timesteps = False
-    else:
-        raise ValueError(f"sigma_spacing must be None, 'karras', 'lu', 'exponential' or 'beta', got {sigma_spacing!r}")
-    new_timesteps = np.array([sigma_to_t(s, log_sigmas) for s in new_sigmas])
-    return (new_timesteps.round() if round_timesteps else new_timesteps), new_sigmas
-
-
-# ----------------------------------------------------------------------------------------------------
 # per-step math (torch; sigmas are 0-d float32 tensors)
-
-
-def vp_alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """VE noise level -> variance-preserving (alpha_t, sigma_t) with alpha_t**2 + sigma_t**2 = 1."""
-    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha_t, sigma * alpha_t
-
-
-def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
-    """lambda = log(alpha_t / sigma_t) of a VE noise level (+inf at sigma 0)."""
-    alpha_t, sigma_t = vp_alpha_sigma(sigma)
-    return torch.log(alpha_t) - torch.log(sigma_t)
-
-
-def predict_x0(
-    model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The model's data prediction x0 at VE noise level `sigma` from an epsilon / v / sample prediction."""
-    alpha_t, sigma_t = vp_alpha_sigma(sigma)
-    if prediction_type == "epsilon":
-        return (sample - sigma_t * model_output) / alpha_t
-    if prediction_type == "v_prediction":
-        return alpha_t * sample - sigma_t * model_output
-    if prediction_type == "sample":
-        return model_output
-    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
-
-
-def data_prediction(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, config) -> torch.Tensor:
-    """x0 from the model output (``predict_x0``), dynamically thresholded when ``config.thresholding``."""
-    x0 = predict_x0(model_output, sample, sigma, config.prediction_type)
-    if config.thresholding:
-        x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
-    return x0
-
-
-def predict_epsilon(
-    model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The model's noise prediction at VE noise level `sigma` from an epsilon / v / sample prediction."""
-    alpha_t, sigma_t = vp_alpha_sigma(sigma)
-    if prediction_type == "epsilon":
-        return model_output
-    if prediction_type == "v_prediction":
-        return alpha_t * model_output + sigma_t * sample
-    if prediction_type == "sample":
-        return (sample - alpha_t * model_output) / sigma_t
-    raise ValueError(f"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got {prediction_type!r}")
 
 
 def dpm_solver_pp_first_order(
@@ -251,68 +120,7 @@ def dpm_solver_pp_3m(
     )
 
 
-# ----------------------------------------------------------------------------------------------------
-# helpers the four exponential-integrator classes share
-
-
-def lambda_clipped_last_timestep(alphas_cumprod: torch.Tensor, lambda_min_clipped: float) -> int:
-    """The training timestep the schedule starts from once the timesteps whose half log-SNR
-    ``lambda = log(alpha) - log(sigma)`` lies below ``lambda_min_clipped`` are dropped (diffusers'
-    searchsorted rule; ``-inf`` keeps them all)."""
-    lambdas = torch.log(torch.sqrt(alphas_cumprod)) - torch.log(torch.sqrt(1 - alphas_cumprod))
-    return len(alphas_cumprod) - int(torch.searchsorted(torch.flip(lambdas, [0]), lambda_min_clipped).item())
-
-
-def sigma_spacing_of(config) -> str | None:
-    """Which noise-level spacing a config asks for: 'karras', 'exponential', 'beta', 'lu' (use_lu_lambdas) or
-    None; ValueError if several (diffusers silently lets one win)."""
-    spacing = sigma_spacing(config)
-    if not config.get("use_lu_lambdas", False):
-        return spacing
-    if spacing is not None:
-        raise ValueError(f"use_lu_lambdas and use_{spacing}_sigmas cannot both be True")
-    return "lu"
-
-
-# diffusers options for flow-matching models and learned-variance outputs, which these schedulers do not
-# implement: the key is read (so a config asking for it fails loudly) and accepts this one value only.
-# (Their companions flow_shift, use_dynamic_shifting, time_shift_type, shift_terminal do nothing without
-# them and are not read.)
-UNSUPPORTED = {"use_flow_sigmas": False, "variance_type": None}
-
-
-def reject_unsupported(name: str, values: dict) -> None:
-    """ValueError for a diffusers option in UNSUPPORTED set to another value, rather than sampling differently."""
-    for key, only in UNSUPPORTED.items():
-        if values.get(key, only) != only:
-            raise ValueError(f"{name}: {key}={values[key]!r} is not supported (only {only!r})")
-
-
-def schedule_add_noise(
-    self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """Forward diffusion alpha_t * x0 + sigma_t * noise at the inference schedule's noise levels, as diffusers'
-    DPM-Solver family does: the sigma at each timestep's position in `self.timesteps`, or at begin_index /
-    step_index once the pipeline set one (video-to-video). Before set_timesteps: the training schedule.
-    timesteps: (b,); returns the shape and dtype of `original_samples`. Used as the classes' `add_noise`."""
-    if self.num_inference_steps is None:
-        return Scheduler.add_noise(self, original_samples, noise, timesteps)
-    sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-    timesteps = timesteps.to(original_samples.device).reshape(-1)
-    if self.begin_index is None:
-        schedule = self.timesteps.to(original_samples.device)
-        indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-    else:
-        indices = [self.begin_index if self.step_index is None else self.step_index] * timesteps.shape[0]
-    sigma = sigmas[indices].reshape(-1, *([1] * (original_samples.ndim - 1)))  # (b, 1, 1, 1, 1)
-    alpha_t, sigma_t = vp_alpha_sigma(sigma)
-    return alpha_t * original_samples + sigma_t * noise
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-class DPMSolverMultistepScheduler(Scheduler):
+class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
     """DPM-Solver++ (2M by default; orders 1-3) and its SDE variant, diffusers' `DPMSolverMultistepScheduler`.
 
     Config keys and defaults are diffusers'. `algorithm_type` 'dpmsolver++' (ODE) or 'sde-dpmsolver++'
@@ -334,47 +142,26 @@ class DPMSolverMultistepScheduler(Scheduler):
         variance_type=None, timestep_spacing="linspace", steps_offset=0, rescale_betas_zero_snr=False,
     )
     choices = {
-        **Scheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
-        "solver_type": ("midpoint", "heun"), "final_sigmas_type": ("zero", "sigma_min"),
+        **ExponentialIntegratorScheduler.choices, "solver_order": (1, 2, 3),
+        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"), "solver_type": ("midpoint", "heun"),
+        "final_sigmas_type": ("zero", "sigma_min"),
     }
-
-    def __init__(self, **config):
-        # names other solvers' configs carry, mapped as diffusers maps them (DEIS -> DPM-Solver++, UniPC's B(h))
-        if config.get("algorithm_type") == "deis":
-            config["algorithm_type"] = "dpmsolver++"
-        if config.get("solver_type") in ("logrho", "bh1", "bh2"):
-            config["solver_type"] = "midpoint"
-        super().__init__(**config)
-        if self.config.rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # near zero so the first sigma stays finite
-        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
-        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
-        self.lower_order_nums = 0
-
-    def _validate(self, values: dict) -> None:
-        super()._validate(values)
-        reject_unsupported(type(self).__name__, values)
-        sigma_spacing_of(values)
+    # names other solvers' configs carry, mapped as diffusers maps them (DEIS -> DPM-Solver++, UniPC's B(h))
+    option_aliases = {
+        "algorithm_type": {"deis": "dpmsolver++"},
+        "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"},
+    }
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, one more: the final sigma)."""
         c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        timesteps = multistep_timesteps(
-            c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset,
+        timesteps, sigmas = self._spaced_schedule(
+            num_inference_steps, c.timestep_spacing, c.steps_offset,
             last_timestep=lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped),
+            round_timesteps=c.beta_schedule != "squaredcos_cap_v2",
         )
-        timesteps, sigmas = inference_schedule(
-            self.alphas_cumprod, timesteps, sigma_spacing_of(c), round_timesteps=c.beta_schedule != "squaredcos_cap_v2"
-        )
-        sigma_last = 0 if c.final_sigmas_type == "zero" else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self.model_outputs = [None] * c.solver_order
-        self.lower_order_nums = 0
-        self._step_index = None
-        self._begin_index = None
+        sigma_last = 0 if c.final_sigmas_type == "zero" else self._training_sigma_min()
+        self._set_schedule(timesteps, sigmas, sigma_last, device)
 
     def step(
         self,
@@ -390,17 +177,15 @@ class DPMSolverMultistepScheduler(Scheduler):
         `generator` seeds the noise of 'sde-dpmsolver++'. Returns SchedulerOutput(prev_sample,
         pred_original_sample=the data prediction x0) or that tuple.
         """
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        c, i, n = self.config, self._step_index, len(self.timesteps)
+        i = self._start_step(timestep)
+        c, n = self.config, len(self.timesteps)
         # lower orders at the end stabilise few-step sampling; a final sigma of 0 needs a first-order last step
         lower_final = i == n - 1 and (
             c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero"
         )
         lower_second = i == n - 2 and c.lower_order_final and n < 15
 
-        x0 = data_prediction(model_output, sample, self.sigmas[self._step_index], self.config)
+        x0 = data_prediction(model_output, sample, self.sigmas[i], c)
         self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
         sample = sample.to(torch.float32)
         noise = None
@@ -408,9 +193,10 @@ class DPMSolverMultistepScheduler(Scheduler):
             noise = randn(model_output.shape, generator, model_output.device, torch.float32)
 
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
+        order = multistep_order(c.solver_order, self.lower_order_nums, lower_final, lower_second)
+        if order == 1:
             prev = dpm_solver_pp_first_order(sample, x0, sigma, sigma_next, noise)
-        elif c.solver_order == 2 or self.lower_order_nums < 2 or lower_second:
+        elif order == 2:
             prev = dpm_solver_pp_second_order(
                 sample, x0, self.model_outputs[-2], sigma, self.sigmas[i - 1], sigma_next, c.solver_type, noise
             )
@@ -420,5 +206,3 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self._step_index += 1
         return self._output(prev.to(model_output.dtype), x0, return_dict)
-
-    add_noise = schedule_add_noise

@@ -8,22 +8,15 @@ timestep, and the group's last step restarts from the group's first sample using
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..noise import randn
-from .base import Scheduler, check_num_inference_steps, sigmas_from_alphas_cumprod
-from .dpm_multistep import (
+from .dpm_multistep import DPMSolverMultistepScheduler, dpm_solver_pp_first_order, dpm_solver_pp_second_order
+from .multistep import (
+    ExponentialIntegratorScheduler,
     data_prediction,
-    lambda_clipped_last_timestep,
-    dpm_solver_pp_first_order,
-    dpm_solver_pp_second_order,
     half_log_snr,
-    inference_schedule,
-    multistep_timesteps,
-    reject_unsupported,
-    schedule_add_noise,
-    sigma_spacing_of,
+    lambda_clipped_last_timestep,
     vp_alpha_sigma,
 )
 
@@ -87,7 +80,7 @@ def dpm_solver_pp_3s(
     return x_t + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
 
 
-class DPMSolverSinglestepScheduler(Scheduler):
+class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
     """Singlestep DPM-Solver++ (orders 1-3) and its SDE variant, diffusers' `DPMSolverSinglestepScheduler`.
 
     Config keys and defaults are diffusers' (this class has no `timestep_spacing`: timesteps are always
@@ -104,48 +97,30 @@ class DPMSolverSinglestepScheduler(Scheduler):
         use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
         final_sigmas_type="zero", lambda_min_clipped=-float("inf"), variance_type=None,
     )
-    choices = {
-        **Scheduler.choices, "solver_order": (1, 2, 3), "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
-        "solver_type": ("midpoint", "heun"), "final_sigmas_type": ("zero", "sigma_min"),
-    }
+    choices = DPMSolverMultistepScheduler.choices
+    option_aliases = DPMSolverMultistepScheduler.option_aliases  # as diffusers maps other solvers' names
 
     def __init__(self, **config):
-        if config.get("algorithm_type") == "deis":  # as diffusers maps other solvers' names
-            config["algorithm_type"] = "dpmsolver++"
-        if config.get("solver_type") in ("logrho", "bh1", "bh2"):
-            config["solver_type"] = "midpoint"
         super().__init__(**config)
-        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.order_list: list[int] = []  # solver order of each step, set by set_timesteps
+
+    def _reset_history(self) -> None:
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.sample: torch.Tensor | None = None  # the sample at the start of the current group
-        self.order_list: list[int] = []
-
-    def _validate(self, values: dict) -> None:
-        super()._validate(values)
-        reject_unsupported(type(self).__name__, values)
-        sigma_spacing_of(values)
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps (int64, descending, on `device`), sigmas (float32 CPU, plus the final sigma), step orders."""
         c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
         last_timestep = lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped)
-        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, "linspace", 0, last_timestep)
-        timesteps, sigmas = inference_schedule(self.alphas_cumprod, timesteps, sigma_spacing_of(c))
-        sigma_last = 0 if c.final_sigmas_type == "zero" else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = num_inference_steps
-        self.model_outputs = [None] * c.solver_order
-        self.sample = None
+        timesteps, sigmas = self._spaced_schedule(num_inference_steps, last_timestep=last_timestep)
+        sigma_last = 0 if c.final_sigmas_type == "zero" else self._training_sigma_min()
+        self._set_schedule(timesteps, sigmas, sigma_last, device)
         lower_order_final = (
             c.lower_order_final or num_inference_steps % c.solver_order != 0 or c.final_sigmas_type == "zero"
         )
         self.order_list = singlestep_orders(num_inference_steps, c.solver_order, lower_order_final)
         if c.final_sigmas_type == "zero":
             self.order_list[-1] = 1  # landing on sigma 0 needs a first-order last step
-        self._step_index = None
-        self._begin_index = None
 
     def step(
         self,
@@ -160,11 +135,9 @@ class DPMSolverSinglestepScheduler(Scheduler):
         model_output, sample: (b, c, f, h, w). `generator` seeds the noise of 'sde-dpmsolver++'. Returns
         SchedulerOutput(prev_sample, pred_original_sample=the data prediction x0 at `timestep`) or that tuple.
         """
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        c, i = self.config, self._step_index
-        x0 = data_prediction(model_output, sample, self.sigmas[self._step_index], self.config)
+        i = self._start_step(timestep)
+        c = self.config
+        x0 = data_prediction(model_output, sample, self.sigmas[i], c)
         self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
         noise = None
         if c.algorithm_type == "sde-dpmsolver++":
@@ -189,4 +162,3 @@ class DPMSolverSinglestepScheduler(Scheduler):
         self._step_index += 1
         return self._output(prev, x0, return_dict)
 
-    add_noise = schedule_add_noise

@@ -1,11 +1,9 @@
 """Heun's second-order sampler on the discrete sigma schedule (Karras et al. 2022, Algorithm 1)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .base import Scheduler, discrete_sigmas, sigma_spacing
-from .euler import _sigma_timesteps, sigma_predict_x0
+from .sigmas import SigmaScheduler, sigma_predict_x0, sigma_spacing
 
 
 def heun_correct(start: torch.Tensor, first_derivative: torch.Tensor, predicted: torch.Tensor,
@@ -17,7 +15,7 @@ def heun_correct(start: torch.Tensor, first_derivative: torch.Tensor, predicted:
     return start + derivative * dt
 
 
-class HeunDiscreteScheduler(Scheduler):
+class HeunDiscreteScheduler(SigmaScheduler):
     """Heun sampler: two model evaluations per step (an Euler predictor, then a trapezoid
     corrector), so ``timesteps`` lists every timestep but the first twice and ``order`` is 2.
 
@@ -29,23 +27,17 @@ class HeunDiscreteScheduler(Scheduler):
                     trained_betas=None, prediction_type="epsilon", use_karras_sigmas=False,
                     use_exponential_sigmas=False, use_beta_sigmas=False, clip_sample=False, clip_sample_range=1.0,
                     timestep_spacing="linspace", steps_offset=0)
-    choices = {**Scheduler.choices, "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "exp")}
+    choices = {**SigmaScheduler.choices, "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "exp")}
     order = 2
 
     def __init__(self, **config):
         super().__init__(**config)
-        sigma_spacing(self.config)
-        self._init_training_sigmas()
         self._reset()
 
     def _reset(self) -> None:
         self.prev_derivative: torch.Tensor | None = None  # slope at the start of the current step
         self.dt: torch.Tensor | None = None  # sigma_next - sigma of the current step
         self.sample: torch.Tensor | None = None  # the current step's starting sample
-
-    init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
-    scale_model_input = Scheduler._sigma_scale_model_input
-    add_noise = Scheduler._sigma_add_noise
 
     @property
     def state_in_first_order(self) -> bool:
@@ -54,31 +46,22 @@ class HeunDiscreteScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps [t0, t1, t1, t2, t2, ...] (float32) and sigmas [s0, s1, s1, ..., 0]."""
-        c = self.config
-        timesteps = _sigma_timesteps(self, num_inference_steps)
-        self.num_inference_steps = num_inference_steps
-        sigmas, timesteps = discrete_sigmas(self.alphas_cumprod, timesteps, sigma_spacing(c))
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self._set_sigma_schedule(num_inference_steps, device, sigma_spacing(self.config))
+        sigmas, timesteps = self.sigmas, self.timesteps
         self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
-        timesteps = torch.from_numpy(timesteps)
-        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
-        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
-        self._step_index = None
-        self._begin_index = None
+        self.timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
         self._reset()
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
         """Predictor (Euler) or corrector (trapezoid) stage, alternating. Shapes (b, c, f, h, w).
         Deterministic: ``generator`` is accepted (the pipeline passes it to every scheduler), unused."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        i = self._start_step(timestep)
         first = self.state_in_first_order
         if first:
-            sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
+            sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         else:  # 2nd order / Heun's method: the model was evaluated at the predicted point
-            sigma, sigma_next = self.sigmas[self._step_index - 1], self.sigmas[self._step_index]
+            sigma, sigma_next = self.sigmas[i - 1], self.sigmas[i]
         c = self.config
         x0 = sigma_predict_x0(model_output, sample, sigma if first else sigma_next, c.prediction_type)
         if c.clip_sample:

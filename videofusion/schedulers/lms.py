@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, discrete_sigmas, sigma_spacing
-from .euler import _sigma_timesteps, sigma_predict_x0
+from .sigmas import SigmaScheduler, sigma_predict_x0, sigma_spacing
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact for polynomials of degree <= 7
 
@@ -29,7 +28,7 @@ def lms_coefficients(sigmas: np.ndarray, index: int, order: int) -> list[float]:
     return coeffs
 
 
-class LMSDiscreteScheduler(Scheduler):
+class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep (up to 4th order) on the probability-flow ODE in sigma.
 
     Config keys and defaults are diffusers' ``LMSDiscreteScheduler``'s (Karras / exponential /
@@ -43,33 +42,18 @@ class LMSDiscreteScheduler(Scheduler):
 
     def __init__(self, **config):
         super().__init__(**config)
-        sigma_spacing(self.config)
-        self._init_training_sigmas()
-        self.derivatives: list[torch.Tensor] = []
-
-    init_noise_sigma = property(Scheduler._sigma_init_noise_sigma)
-    scale_model_input = Scheduler._sigma_scale_model_input
-    add_noise = Scheduler._sigma_add_noise
+        self.derivatives: list[torch.Tensor] = []  # the last lms_order slopes (x - x0) / sigma, oldest first
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Float32 timesteps (fractional for linspace / Karras) and their sigmas (+ a final 0)."""
-        timesteps = _sigma_timesteps(self, num_inference_steps)
-        self.num_inference_steps = num_inference_steps
-        sigmas, timesteps = discrete_sigmas(self.alphas_cumprod, timesteps, sigma_spacing(self.config))
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
-        self._step_index = None
-        self._begin_index = None
+        self._set_sigma_schedule(num_inference_steps, device, sigma_spacing(self.config))
         self.derivatives = []
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
         """One LMS step of order min(step + 1, 4). Shapes (b, c, f, h, w). Deterministic:
         ``generator`` is accepted (the pipeline passes it to every scheduler) and not used."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
+        i = self._start_step(timestep)
         sigma = self.sigmas[i]
         x0 = sigma_predict_x0(model_output, sample, sigma, self.config.prediction_type)
         self.derivatives.append((sample - x0) / sigma)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Scheduler, check_num_inference_steps
+from .config import Scheduler
+from .schedules import check_num_inference_steps
 
 
 def pndm_transfer(sample: torch.Tensor, eps: torch.Tensor, alpha_prod_t: torch.Tensor,

@@ -7,18 +7,15 @@ Each step first corrects the sample the previous step predicted, using the model
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 
-from .base import Scheduler, check_num_inference_steps, dynamic_threshold, sigmas_from_alphas_cumprod
-from .dpm_multistep import (
+from .multistep import (
+    ExponentialIntegratorScheduler,
+    data_prediction,
     half_log_snr,
-    inference_schedule,
-    multistep_timesteps,
     predict_epsilon,
-    predict_x0,
-    reject_unsupported,
-    schedule_add_noise,
     sigma_spacing_of,
     vp_alpha_sigma,
 )
@@ -98,7 +95,7 @@ def unipc_bh_update(
     return (x_t - scale * (res + rhos[-1] * (model_next - m0))).to(sample.dtype)
 
 
-class UniPCMultistepScheduler(Scheduler):
+class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
     """UniPC (UniP-p predictor + UniC-p corrector), diffusers' `UniPCMultistepScheduler`.
 
     Config keys and defaults are diffusers'. `solver_order` p (2 for guided sampling), `solver_type` 'bh1' or
@@ -116,27 +113,20 @@ class UniPCMultistepScheduler(Scheduler):
         timestep_spacing="linspace", steps_offset=0, final_sigmas_type="zero", rescale_betas_zero_snr=False,
         sigma_min=None, sigma_max=None,
     )
-    choices = {**Scheduler.choices, "solver_type": ("bh1", "bh2"), "final_sigmas_type": ("zero", "sigma_min")}
-
-    def __init__(self, **config):
-        if config.get("solver_type") in ("midpoint", "heun", "logrho"):  # DPM-Solver / DEIS names, mapped as diffusers
-            config["solver_type"] = "bh2"
-        super().__init__(**config)
-        if self.config.rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # near zero so the first sigma stays finite
-        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
-        self._reset_history()
+    choices = {
+        **ExponentialIntegratorScheduler.choices, "solver_type": ("bh1", "bh2"),
+        "final_sigmas_type": ("zero", "sigma_min"),
+    }
+    # DPM-Solver / DEIS names, mapped as diffusers maps them
+    option_aliases = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
 
     def _reset_history(self) -> None:
-        self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
-        self.lower_order_nums = 0
+        super()._reset_history()
         self.last_sample: torch.Tensor | None = None  # the sample before the last predictor step
         self.this_order = 0
 
-    def _validate(self, values: dict) -> None:
+    def _validate(self, values: dict[str, Any]) -> None:
         super()._validate(values)
-        reject_unsupported(type(self).__name__, values)
-        sigma_spacing_of(values)
         order = values["solver_order"]
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"solver_order must be an int >= 1, got {order!r}")
@@ -147,30 +137,21 @@ class UniPCMultistepScheduler(Scheduler):
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
         c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        timesteps = multistep_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
-        spacing = sigma_spacing_of(c)
-        timesteps, sigmas = inference_schedule(
-            self.alphas_cumprod, timesteps, spacing, sigma_min=c.sigma_min, sigma_max=c.sigma_max
+        timesteps, sigmas = self._spaced_schedule(
+            num_inference_steps, c.timestep_spacing, c.steps_offset, sigma_min=c.sigma_min, sigma_max=c.sigma_max
         )
         if c.final_sigmas_type == "zero":
             sigma_last = 0
         else:  # the respaced schedule ends on its own last sigma, the plain one on the training minimum
-            sigma_last = sigmas[-1] if spacing else sigmas_from_alphas_cumprod(self.alphas_cumprod)[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self._reset_history()
-        self._step_index = None
-        self._begin_index = None
+            sigma_last = sigmas[-1] if sigma_spacing_of(c) else self._training_sigma_min()
+        self._set_schedule(timesteps, sigmas, sigma_last, device)
 
     def _convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The data prediction x0 (`predict_x0`, thresholded if asked) or the noise prediction."""
         c, sigma = self.config, self.sigmas[self._step_index]
         if not c.predict_x0:
             return predict_epsilon(model_output, sample, sigma, c.prediction_type)
-        x0 = predict_x0(model_output, sample, sigma, c.prediction_type)
-        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
+        return data_prediction(model_output, sample, sigma, c)
 
     def _history(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The `this_order - 1` converted outputs before the newest one, newest first, with their sigmas
@@ -191,10 +172,8 @@ class UniPCMultistepScheduler(Scheduler):
         when `predict_x0`, else None) or that tuple. Deterministic: `generator` is accepted (the pipeline passes
         it to every scheduler) and not used.
         """
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        c, i = self.config, self._step_index
+        i = self._start_step(timestep)
+        c = self.config
         converted = self._convert(model_output, sample)
         if i > 0 and (i - 1) not in c.disable_corrector and self.last_sample is not None:
             sample = unipc_bh_update(
@@ -214,4 +193,3 @@ class UniPCMultistepScheduler(Scheduler):
         self._step_index += 1
         return self._output(prev, converted if c.predict_x0 else None, return_dict)
 
-    add_noise = schedule_add_noise
