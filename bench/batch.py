@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from videofusion.apps.batch import MANIFEST, BatchOptions, run_batch  # noqa: E402
+from videofusion.apps.batch import BatchOptions, run_batch  # noqa: E402
+from videofusion.apps.batch_output import MANIFEST  # noqa: E402
 from videofusion.demo import DEMO_MODEL_PATH  # noqa: E402
 
 

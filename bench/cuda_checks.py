@@ -3,7 +3,8 @@ resident eager pipeline's video, on the built-in demo model (no download, no dif
 
 The streamed offload's CUDA side (pinned copies on a side stream, events, the fence before reusing freed
 memory) and the fast path's compiled kernels run only on a GPU; this script is the first benchmark
-``bash bench/device.sh`` runs, so a broken path shows up in a minute, not after the benchmarks. ``--cpu`` runs the same checks on the CPU (streamed offload with its NaN placeholders, the
+``bash bench/device.sh`` runs, so a broken path shows up in a minute, not after the benchmarks.
+``--cpu`` runs the same checks on the CPU (streamed offload with its NaN placeholders, the
 fast path through ``aot_eager``): what CI runs, so the checks themselves keep working.
 
     python bench/cuda_checks.py          # CUDA, fp16

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from videofusion.apps.batch import (ERRORS, MANIFEST, BatchOptions, BatchWorker, OutputFolder, item_spec, plan, run_batch,
-                               run_spec)
+from videofusion.apps.batch import BatchOptions, BatchWorker, run_batch, run_spec
+from videofusion.apps.batch_output import ERRORS, MANIFEST, OutputFolder, item_spec, plan
 from videofusion.apps.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
 from videofusion.apps.main import main
 

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from videofusion.io import loading, saving
-from videofusion.io.loading import (
-    find_weights, load_model, load_state_dict, model_allow_patterns, parse_weight_name, pipeline_allow_patterns,
-    read_model_index, resolve_pretrained, select_weight_files,
-)
+from videofusion.io.files import find_weights, load_state_dict, parse_weight_name, read_model_index, select_weight_files
+from videofusion.io.hub import model_allow_patterns, pipeline_allow_patterns, resolve_pretrained
+from videofusion.io.loading import load_model
 
 from videofusion.models.config import PretrainedModel
 

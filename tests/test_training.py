@@ -145,7 +145,7 @@ def test_config_validation_and_files(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig(model="m", output_dir="o", data="d", mixed_precision="fp8")
     with pytest.raises(ValueError, match="height"):
-        TrainConfig(model="m", output_dir="o", data="d", height=30)
+        TrainConfig(model="m", output_dir="o", data="d", height=0)
     path = tmp_path / "c.toml"
     path.write_text('model = "m"\noutput_dir = "o"\ndata = { shapes = 4 }\nsteps = 7\n')
     assert TrainConfig.from_file(path).steps == 7
@@ -155,12 +155,39 @@ def test_config_validation_and_files(tmp_path):
         TrainConfig.from_file(path)
 
 
-def test_loss_curve_png(tmp_path):
+def test_training_size_defaults_to_the_models_and_a_missing_model_says_what_makes_it(tiny_pipeline_dir, tmp_path,
+                                                                                     monkeypatch):
+    from videofusion.training.train import resolve_model
+    from videofusion.pipelines.folders import native_geometry
+    native, scale = native_geometry(tiny_pipeline_dir)
+    _, config = resolve_model(TrainConfig(model=tiny_pipeline_dir, output_dir="o", data="d"))
+    assert (config.height, config.width) == (native, native)  # not a fixed 256
+    assert resolve_model(TrainConfig(model=tiny_pipeline_dir, output_dir="o", data="d", width=2 * native))[1].width \
+        == 2 * native
+    with pytest.raises(ValueError, match=f"height: must be divisible by {scale}"):
+        resolve_model(TrainConfig(model=tiny_pipeline_dir, output_dir="o", data="d", height=scale * 4 + 1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="videofusion init-demo") as error:
+        resolve_model(TrainConfig(model="out/demo-init", output_dir="o", data="d"))
+    assert "no folder 'out/demo-init' here" in str(error.value)
+
+
+def test_loss_curve_png_has_labelled_log_axes_and_a_smoothed_curve(tmp_path):
+    import numpy as np
     from PIL import Image
+
+    from videofusion.training.plot import BOTTOM, LEFT, SMOOTH, log_ticks, moving_average, step_ticks
+    assert log_ticks(0.06, 2.05) == [0.1, 0.2, 0.5, 1.0, 2.0]  # 1-2-5 within three decades
+    assert log_ticks(1e-4, 3.0) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # powers of ten beyond
+    assert step_ticks(1999) == [0, 500, 1000, 1500] and step_ticks(7) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert moving_average([1, 3, 5, 7], 2) == [1, 2, 4, 6]
     save_loss_curve([1.0 / (i + 1) for i in range(100)], tmp_path / "loss.png")
-    image = Image.open(tmp_path / "loss.png")
-    assert image.size == (640, 360)
-    assert len(set(image.getdata())) > 2  # something was drawn
+    pixels = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB")).astype(int)
+    h = pixels.shape[0]
+    ink = (pixels.sum(-1) < 200)
+    assert ink[:, : LEFT - 8].any() and ink[h - BOTTOM + 6:, LEFT:].any()  # tick labels left of and below the plot
+    assert (np.abs(pixels - np.array(SMOOTH)).sum(-1) == 0).sum() > 100  # the smoothed curve is drawn
 
 
 def test_autoencoder_training_and_scaling_factor():

@@ -22,8 +22,8 @@ from .schedulers import (
     UniPCMultistepScheduler,
 )
 from .io.video import export_to_gif, export_to_video, load_video
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AutoencoderKL", "UNet3DConditionModel", "TextToVideoSDPipeline", "TextToVideoSDPipelineOutput",

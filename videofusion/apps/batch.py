@@ -1,8 +1,8 @@
 """Batch generation on Ray: many prompts from a JSONL file, one pipeline per worker, resumable.
 
 Each line of the prompts file is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., <settings>}``
-(see :mod:`videofusion.apps.batch_items`). :func:`run_batch` reads and checks every line first (a bad line is reported
-with its line number and skipped; the others still run), skips the items a previous run finished, and
+(see :mod:`videofusion.apps.batch_items`). :func:`run_batch` reads and checks every line first (a bad line is
+reported with its line number and skipped; the others still run), skips the items a previous run finished, and
 sends the rest through a Ray Data pipeline whose workers (:class:`BatchWorker`, Ray actors) each load
 the pipeline once. Workers return the encoded mp4 bytes; the driver writes ``DIR/<id>.mp4`` atomically
 and appends one line per finished item to ``DIR/manifest.jsonl``, so the output folder only has to exist
@@ -13,9 +13,9 @@ derived from its id by :func:`derive_seed`), drawn from its own generator, never
 workers or the order they run in.
 
 Resuming: an item is done when the manifest has a line for its id with the same prompt, seed, settings,
-model (path, and for a folder its files' sizes and times) and output options, and ``DIR/<id>.mp4`` has the byte size recorded there. Rerunning the same
-command regenerates only the missing, truncated or changed items; the manifest is compacted first, so
-no id ever has two lines.
+model (path, and for a folder its files' sizes and times) and output options, and ``DIR/<id>.mp4`` has the
+byte size recorded there (:mod:`videofusion.apps.batch_output`). Rerunning the same command regenerates only
+the missing, truncated or changed items; the manifest is compacted first, so no id ever has two lines.
 """
 from __future__ import annotations
 
@@ -32,19 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.saving import atomic_write_bytes, atomic_write_text, sweep_partial_files
+from ..io.video import DEFAULT_FPS
 from ..pipelines.folders import native_geometry
 from ..runtime.devices import DTYPES, pick_device, pick_dtype
 from ..settings import is_count, is_number
 from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, read_items
-from .common import CLIError, add_runtime_arguments, model_defaults, resolve_model, set_threads
+from .batch_output import OutputFolder, item_spec, plan
+from .common import CLIError, add_runtime_arguments, model_defaults, model_folder, resolve_model, set_threads
 
-MANIFEST = "manifest.jsonl"
-ERRORS = "errors.jsonl"
-LOCK = ".videofusion-batch.lock"
+RAY_LOG = "ray.log"  # what Ray itself prints during `videofusion batch`
 
-# What an output depends on besides the item: a manifest line with other values is stale.
-SPEC_KEYS = ("prompt", "seed", "settings", "model", "model_files", "variant", "scheduler", "dtype", "fps")
 
 
 class BatchError(RuntimeError):
@@ -58,7 +55,7 @@ class BatchOptions:
     ``defaults`` are pipeline settings applied to items that do not set them (over the model's own:
     the demo model's ``DEMO_DEFAULTS``, else :data:`PIPELINE_DEFAULTS`). ``workers`` Ray actors run
     with ``num_cpus_per_worker`` CPUs and ``num_gpus_per_worker`` GPUs each (fractions share a GPU);
-    ``threads``: torch threads per worker (default: its CPU count). ``ray_address``: ``None`` starts a
+    ``threads``: torch threads per worker (default: half its CPUs, at least 1, as every front end). ``ray_address``: ``None`` starts a
     local Ray sized for the workers, ``"auto"`` or ``"host:port"`` joins a running cluster.
     """
 
@@ -67,7 +64,7 @@ class BatchOptions:
     scheduler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    fps: float = 8
+    fps: float = DEFAULT_FPS
     defaults: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     num_cpus_per_worker: float = 1
@@ -136,96 +133,6 @@ def run_spec(options: BatchOptions) -> dict[str, Any]:
             "scheduler": options.scheduler, "dtype": options.dtype, "fps": options.fps}
 
 
-def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
-    """What an item's output depends on (the :data:`SPEC_KEYS`), as recorded in the manifest."""
-    return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, **run}
-
-
-# ----------------------------------------------------------------------------- output folder
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """``{id: record}`` from a manifest, the last line of an id winning; unreadable lines (a run killed
-    while appending) are ignored."""
-    records: dict[str, dict] = {}
-    if path.is_file():
-        for text in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                records.pop(record["id"], None)
-                records[record["id"]] = record
-    return records
-
-
-def is_complete(record: dict, output_dir: Path) -> bool:
-    """True if the record's video exists with the recorded byte size (atomic writes leave no partial
-    file; a wrong size means the file was cut or replaced after the run)."""
-    file = output_dir / f"{record['id']}.mp4"
-    return file.is_file() and file.stat().st_size == record.get("bytes")
-
-
-def plan(items: list[Item], run: dict[str, Any], output_dir: Path) -> tuple[list[Item], list[dict]]:
-    """``(pending items, manifest records to keep)``: an item is done when its record matches its spec
-    and its file is complete. Records of ids absent from ``items`` are kept while their file is complete."""
-    records = read_manifest(output_dir / MANIFEST)
-    wanted = {item.id: item for item in items}
-    keep = []
-    for item_id, record in records.items():
-        if not is_complete(record, output_dir):
-            continue
-        item = wanted.get(item_id)
-        if item is not None and {k: record.get(k) for k in SPEC_KEYS} != item_spec(item, run):
-            continue
-        keep.append(record)
-    kept = {r["id"] for r in keep}
-    return [item for item in items if item.id not in kept], keep
-
-
-class OutputFolder:
-    """The output folder of one run: holds a lock, writes videos atomically, appends manifest lines."""
-
-    def __init__(self, path: Path):
-        import fcntl
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(path / LOCK, "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise ValueError(f"output: another `videofusion batch` is writing to {path}; wait for it or "
-                             "use another folder") from None
-        sweep_partial_files(path)  # left by a killed run; we hold the lock
-        self._manifest: int | None = None
-
-    def start_manifest(self, keep: list[dict]) -> None:
-        """Rewrite the manifest with ``keep`` only (atomically), then open it for appending."""
-        text = "".join(json.dumps(r) + "\n" for r in keep)
-        atomic_write_text(self.path / MANIFEST, text)
-        self._manifest = os.open(self.path / MANIFEST, os.O_WRONLY | os.O_APPEND)
-
-    def add(self, record: dict, mp4: bytes) -> None:
-        """Write ``<id>.mp4`` atomically, then append its manifest line (one write, fsynced)."""
-        atomic_write_bytes(self.path / f"{record['id']}.mp4", mp4)
-        os.write(self._manifest, (json.dumps(record) + "\n").encode("utf-8"))
-        os.fsync(self._manifest)
-
-    def write_errors(self, errors: list[dict]) -> None:
-        """``errors.jsonl`` lists this run's bad lines and failed items; removed when there are none."""
-        if errors:
-            atomic_write_text(self.path / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
-        else:
-            (self.path / ERRORS).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self._manifest is not None:
-            os.close(self._manifest)
-        self._lock.close()
-
-
 # ----------------------------------------------------------------------------- worker
 
 
@@ -237,7 +144,7 @@ class BatchWorker:
     def __init__(self, options: dict):
         from ..pipelines import DiffusionPipeline
         from ..schedulers import make_scheduler
-        set_threads(options["threads"])
+        self.threads = set_threads(options["threads"], cpus=max(1, int(options["num_cpus_per_worker"])))
         # a worker Ray gave no GPU computes on the CPU; with GPUs, "auto" picks as everywhere
         device = pick_device("cpu" if options["device"] == "auto" and not options["num_gpus_per_worker"]
                              else options["device"])
@@ -275,7 +182,7 @@ class BatchWorker:
                 result, data = self.generate(item)
             except Exception as e:  # one bad item must not stop the batch: report it
                 result, data = {"error": f"{type(e).__name__}: {e}"}, b""
-            result["worker"] = self.name
+            result["worker"], result["threads"] = self.name, self.threads
             out["id"].append(item["id"])
             out["result"].append(json.dumps(result))
             out["mp4"].append(data)
@@ -291,7 +198,7 @@ def _start_ray(options: BatchOptions) -> bool:
     import ray
     if ray.is_initialized():
         return False
-    common = dict(log_to_driver=False, logging_level=logging.WARNING)
+    common = dict(log_to_driver=False, logging_level=logging.ERROR)
     if options.ray_address:
         try:
             ray.init(address=options.ray_address, **common)
@@ -312,7 +219,7 @@ def _stream_results(pending: list[Item], options: BatchOptions):
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = False
-    worker_options = {**asdict(options), "threads": options.threads or max(1, int(options.num_cpus_per_worker))}
+    worker_options = asdict(options)
     rows = [{"item": json.dumps(asdict(item))} for item in pending]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         BatchWorker, fn_constructor_kwargs={"options": worker_options}, batch_size=1,
@@ -404,6 +311,36 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
 # ----------------------------------------------------------------------------- the command
 
 
+@contextlib.contextmanager
+def native_stderr_to(path: Path):
+    """Send what native code writes to the process's stderr (Ray's C++ log lines: a warning about actor
+    restarts on every run, connection retries after Ctrl-C) to ``path``, while Python's ``sys.stderr``
+    (errors, progress bars) still reaches the terminal."""
+    python_stderr = sys.stderr
+    python_stderr.flush()
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # already captured elsewhere (an IDE, pytest)
+        on_fd2 = False
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if on_fd2:
+        sys.stderr = open(os.dup(terminal), "w", buffering=1, encoding=python_stderr.encoding or "utf-8",
+                          errors="backslashreplace")
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        if on_fd2:
+            sys.stderr.close()
+            sys.stderr = python_stderr
+
+
+
 def add_parser(sub) -> None:
     """Register ``videofusion batch`` on an argparse subparsers object."""
     from ..schedulers import SCHEDULERS
@@ -427,7 +364,7 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="default pixels (default: the model's size)")
     p.add_argument("--noise", default=None, choices=("independent", "decomposed"), help="default initial noise")
     p.add_argument("--noise-ratio", type=float, default=None, help="default weight of the shared base noise")
-    p.add_argument("--fps", type=float, default=8, help="frames per second of the files (default 8)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the files (default {DEFAULT_FPS})")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, one pipeline each (default 1)")
     p.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs Ray reserves per worker (default 1)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0,
@@ -455,10 +392,15 @@ def run_command(args) -> int:
                            workers=args.workers, num_cpus_per_worker=args.num_cpus_per_worker,
                            num_gpus_per_worker=args.num_gpus_per_worker, threads=args.threads,
                            ray_address=args.ray_address)
+    options.check()  # before the output folder is made
+    model_folder(options.model, options.variant)  # a model that is nowhere: one line now, not one per worker
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    ray_log = Path(args.output) / RAY_LOG
     try:
-        s = run_batch(args.prompts, args.output, options, progress=not args.quiet)
+        with native_stderr_to(ray_log):
+            s = run_batch(args.prompts, args.output, options, progress=not args.quiet)
     except BatchError as e:
-        print(f"videofusion batch: error: {e}", file=sys.stderr)
+        print(f"videofusion batch: error: {e} (Ray's log: {ray_log})", file=sys.stderr)
         return 1
     print(f"{args.output}: {s['skipped'] + s['generated']}/{s['items']} videos ({s['generated']} generated, "
           f"{s['skipped']} already done), {s['failed']} failed, {s['invalid']} invalid line(s); {s['seconds']:.0f} s")

@@ -95,7 +95,7 @@ def read_items(path: str | os.PathLike, defaults: dict[str, Any],
             if not text.strip() or text.lstrip().startswith("#"):
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text.rstrip("\r\n"))  # an error at the line's end is on this line, not the next
             except json.JSONDecodeError as e:
                 errors.append({"line": number, "error": f"not valid JSON: {e.msg} (column {e.colno})"})
                 continue

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import random
+import sys
 import time
 from pathlib import Path
 
 from ..io.saving import atomic_write_text
+from ..io.video import DEFAULT_FPS, check_output, export_to_gif, export_to_video
 from ..long_video import LongVideo
 from ..runtime.devices import pick_device, pick_dtype
+from ..demo.shapes import unknown_words, vocabulary_note
 from ..schedulers import SCHEDULERS
-from .common import CLIError, add_runtime_arguments, check_size, request_settings, resolve_model, set_threads, slug
+from ..settings import check_prompt
+from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_folder, request_settings,
+                     resolve_model, set_threads, slug)
 
 
 def long_video_arg(text: str) -> LongVideo:
@@ -47,8 +53,9 @@ def add_generate(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels, divisible by the VAE's scale factor "
                    "(8 for the published models; default: the model's size)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's size)")
-    p.add_argument("--fps", type=float, default=8, help="frames per second of the file (default 8)")
-    p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <prompt>.mp4)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the file (default {DEFAULT_FPS})")
+    p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <prompt>-seed<seed>.mp4)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     add_runtime_arguments(p)
     p.add_argument("--offload", default="none", choices=("none", "model", "sequential"),
                    help="keep weights in CPU memory: per model, or per layer (slowest, least GPU memory)")
@@ -65,30 +72,29 @@ def add_generate(sub) -> None:
 def run_generate(args) -> int:
     import torch
 
-    from ..io.loading import resolve_pretrained
-    from ..io.video import export_to_gif, export_to_video
     from ..pipelines import DiffusionPipeline
     from ..schedulers import make_scheduler
 
-    output = Path(args.output) if args.output else Path(slug(args.prompt) + ".mp4")
-    if output.suffix.lower() not in (".mp4", ".gif"):
-        raise CLIError(f"--output: {output} must end in .mp4 or .gif")
-    if not output.parent.exists():
-        raise CLIError(f"--output: folder {output.parent} does not exist")
-    if args.fps <= 0:
-        raise CLIError(f"--fps: must be > 0, got {args.fps}")
+    prompt = check_prompt(args.prompt)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    output = Path(args.output or f"{slug(prompt)}-seed{seed}.mp4")
+    check_output(output, args.fps)
+    if output.exists() and not args.overwrite:
+        raise CLIError(f"--output: {output} exists; pass --overwrite to replace it, or choose another name")
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    set_threads(args.threads)
+    threads = set_threads(args.threads)
     model = resolve_model(args.model)
     settings = request_settings(model, dict(
         num_frames=args.num_frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         height=args.height, width=args.width, negative_prompt=args.negative_prompt, noise=args.noise,
         noise_ratio=args.noise_ratio, long_video=args.long_video))
-    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if is_demo_model(model) and (unknown := unknown_words(prompt)):
+        print(f"videofusion generate: note: {vocabulary_note()}; it ignores {', '.join(map(repr, unknown))}",
+              file=sys.stderr)
 
     t0 = time.perf_counter()
-    folder = resolve_pretrained(model, variant=args.variant)
+    folder = model_folder(model, args.variant)
     settings = check_size(settings, folder)  # before any weight is read
     pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
     if args.scheduler:
@@ -105,14 +111,12 @@ def run_generate(args) -> int:
     load_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    frames = pipe(args.prompt, generator=[torch.Generator("cpu").manual_seed(seed)], **settings.to_dict()).frames[0]
+    frames = pipe(prompt, generator=[torch.Generator("cpu").manual_seed(seed)], **settings.to_dict()).frames[0]
     gen_s = time.perf_counter() - t1
-    if output.suffix.lower() == ".gif":
-        export_to_gif(frames, str(output), fps=args.fps)
-    else:
-        export_to_video(frames, str(output), fps=args.fps)
+    (export_to_gif if output.suffix.lower() == ".gif" else export_to_video)(frames, str(output), fps=args.fps)
+    where = f"{device.type}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else device.type
     print(f"{output}  ({len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, seed {seed}; "
-          f"generated in {gen_s:.1f} s, loaded in {load_s:.1f} s)")
+          f"generated in {gen_s:.1f} s on {where}, loaded in {load_s:.1f} s)")
     return 0
 
 

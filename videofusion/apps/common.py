@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..demo import DEMO_DEFAULTS, DEMO_MODEL_PATH
 from ..errors import SettingError
-from ..runtime.devices import DTYPES
+from ..runtime.devices import DTYPES, default_threads
 from ..settings import GenerationSettings
 
 # A setting's name in the pipeline -> the command-line option that sets it (errors name what the user typed).
@@ -55,6 +55,16 @@ def is_demo_model(model: str) -> bool:
         return False
 
 
+def model_folder(model: str, variant: str | None = None) -> Path:
+    """The local folder of ``model`` (a Hub id is downloaded, or found in the Hub cache offline); a model
+    that is nowhere is a CLIError naming ``--model`` and where it was looked for."""
+    from ..io.hub import resolve_pretrained
+    try:
+        return resolve_pretrained(model, variant=variant)
+    except FileNotFoundError as e:
+        raise CLIError(f"--model: {e}") from None
+
+
 def model_defaults(model: str) -> dict[str, Any]:
     """Settings a model recommends over :class:`GenerationSettings`' defaults: the demo model's own
     (its native size and a short schedule), else none."""
@@ -84,23 +94,28 @@ def add_runtime_arguments(p: argparse.ArgumentParser, device_help: str | None = 
                    help=device_help or "auto, cpu, cuda, cuda:1, mps (default auto: CUDA, then MPS, then the CPU)")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="default auto: float16 on CUDA and MPS, float32 on the CPU")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: half the CPUs, at least 1; a batch worker: half its CPUs)")
 
 
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads for torch's operators (None: leave torch's default)."""
+def set_threads(threads: int | None, cpus: int | None = None) -> int:
+    """Use ``threads`` CPU threads for torch's operators, by default
+    :func:`~videofusion.runtime.devices.default_threads` of ``cpus`` (the process's CPUs, or the CPUs a
+    batch worker was given); returns the number used."""
     if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        threads = default_threads(cpus)
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise SettingError("threads", threads, "an integer >= 1")
     import torch
     torch.set_num_threads(threads)
+    return threads
 
 
 # ------------------------------------------------------------------------------------------- outputs
 
 
 def slug(prompt: str, limit: int = 60) -> str:
-    """A file-name stem from a prompt: lower case, runs of other characters as ``-``; ``video`` if empty."""
-    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    """A file-name stem from a prompt: its letters and digits (any script) in lower case, every run of
+    anything else as one ``-``, at most ``limit`` characters; ``video`` if nothing is left."""
+    words = re.sub(r"[\W_]+", "-", prompt.lower()).strip("-")
     return words[:limit].rstrip("-") or "video"

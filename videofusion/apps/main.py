@@ -9,13 +9,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..settings import SettingError
+from ..errors import SettingError
+from ..version import __version__
 from . import batch, cli, web
 from .common import CLIError, cli_error
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (``videofusion generate: error: ...``) and exit code 2:
+    ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
+    parser = Parser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
+    parser.add_argument("--version", action="version", version=f"videofusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli.add_parsers(sub)
     web.add_parser(sub)

@@ -16,6 +16,7 @@ import os
 import random
 import shlex
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -24,11 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..demo.shapes import vocabulary_note
+from ..io.video import DEFAULT_FPS
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS, make_scheduler
 from ..settings import GenerationSettings, SettingError, check_prompt
-from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_defaults, request_settings,
-                     resolve_model, set_threads, slug)
+from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_defaults, model_folder,
+                     request_settings, resolve_model, set_threads, slug)
 
 MAX_SEED = 2**32 - 1
 FPS_RANGE = (1, 60)
@@ -135,7 +138,7 @@ class WebService:
         self.defaults = {"num_frames": min(d.num_frames, limits.max_frames),
                          "num_inference_steps": min(d.num_inference_steps, limits.max_steps),
                          "guidance_scale": min(max(float(d.guidance_scale), 1.0), limits.max_guidance),
-                         "fps": 8}
+                         "fps": DEFAULT_FPS}
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="videofusion-web-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.keep_seconds = keep_seconds
@@ -272,6 +275,8 @@ def build_app(service: WebService):
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", placeholder=s.examples[0], lines=2, elem_id="prompt")
+                if s.is_demo:
+                    gr.Markdown(vocabulary_note()[0].upper() + vocabulary_note()[1:] + ".", elem_id="vocabulary")
                 negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from (optional)",
                                       elem_id="negative-prompt")
                 with gr.Row():
@@ -331,32 +336,57 @@ def model_label(model: str, is_demo: bool) -> str:
     return Path(model).name if os.path.isdir(model) else model
 
 
+def check_port(host: str, port: int) -> None:
+    """CLIError unless ``port`` can be listened on at ``host`` (checked before the model loads)."""
+    if not 0 < port < 65536:
+        raise CLIError(f"--port: must be from 1 to 65535, got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except socket.gaierror as e:
+            raise CLIError(f"--host: {host!r} is not an address of this machine ({e.strerror})") from None
+        except OSError as e:
+            raise CLIError(f"--port: cannot listen on {host}:{port} ({e.strerror}); another program uses it: "
+                           "choose another with --port") from None
+
+
 def serve(args) -> int:
-    """Run ``videofusion web``: check the options, load the pipeline once, serve until interrupted."""
-    from ..io.loading import resolve_pretrained
+    """Run ``videofusion web``: check the options, load the pipeline once, serve until interrupted. The
+    videos (and Gradio's copies of them) live in a temporary folder that goes when the server stops."""
     from ..pipelines import DiffusionPipeline
 
-    if not 0 < args.port < 65536:
-        raise CLIError(f"--port: must be from 1 to 65535, got {args.port}")
+    check_port(args.host, args.port)
     limits = Limits(max_frames=args.max_frames, max_steps=args.max_steps, max_guidance=args.max_guidance,
                     height=args.height, width=args.width, queue_size=args.queue_size)
-    try:
-        _gradio()
-    except ImportError as e:
-        raise CLIError(str(e)) from None
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     set_threads(args.threads)
     model = resolve_model(args.model)
     is_demo = is_demo_model(model)
-    folder = resolve_pretrained(model, variant=args.variant)
-    check_size(request_settings(model, dict(height=args.height, width=args.width)), folder)  # before loading
-    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
-    pipe.to(device)
-    service = WebService(pipe, model_label(model, is_demo), limits, defaults=model_defaults(model),
-                         examples=DEMO_EXAMPLES if is_demo else HUB_EXAMPLES, is_demo=is_demo)
-    print(f"videofusion web: {service.model_name}, {service.width}x{service.height}, limits "
-          + json.dumps(asdict(limits)), flush=True)
-    build_app(service).launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False,
-                              show_error=False, footer_links=["api"])
+    workdir = Path(tempfile.mkdtemp(prefix="videofusion-web-"))
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(workdir / "gradio"))
+    try:
+        try:
+            _gradio()
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        folder = model_folder(model, args.variant)
+        check_size(request_settings(model, dict(height=args.height, width=args.width)), folder)  # before loading
+        pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
+        pipe.to(device)
+        service = WebService(pipe, model_label(model, is_demo), limits, defaults=model_defaults(model),
+                             examples=DEMO_EXAMPLES if is_demo else HUB_EXAMPLES, output_dir=str(workdir / "videos"),
+                             is_demo=is_demo)
+        app = build_app(service)
+        print(f"videofusion web: {service.model_name}, {service.width}x{service.height}, limits "
+              + json.dumps(asdict(limits)) + f"; serving on http://{args.host}:{args.port} (Ctrl-C stops it)",
+              flush=True)
+        try:
+            app.launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False, show_error=False,
+                       footer_links=["api"], quiet=True)
+        except OSError as e:  # the port was taken after the check
+            raise CLIError(f"--port: cannot listen on {args.host}:{args.port} ({e})") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from itertools import product
@@ -60,6 +61,25 @@ HELD_OUT: frozenset[tuple[str, str, str]] = frozenset({
     ("magenta", "circle", "right"),
     ("cyan", "triangle", "up"),
 })
+
+# What the built-in demo model was trained to read: "a <colour> <shape> moving <direction>".
+PROMPT_FORM = "a <colour> <shape> moving <direction>"
+GRAMMAR_WORDS = frozenset({"a", "an", "the", "moving"})
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the demo model has no meaning for (it was trained on :data:`PROMPT_FORM`
+    captions only), in order, each once."""
+    known = GRAMMAR_WORDS | set(COLOURS) | set(SHAPES) | set(DIRECTIONS)
+    words = re.findall(r"\w+", prompt.lower())
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
+def vocabulary_note() -> str:
+    """One line telling a user what the demo model understands."""
+    return (f"the built-in demo model understands prompts of the form '{PROMPT_FORM}': colours "
+            f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; directions {', '.join(DIRECTIONS)}")
+
 
 SPLITS = ("train", "heldout")
 _SPEED_WORDS = {"slow": "slowly", "normal": "steadily", "fast": "quickly"}

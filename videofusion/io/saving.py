@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .loading import _listing, check_variant, parse_weight_name
+from .files import _listing, check_variant, parse_weight_name
 
 PARTIAL_SUFFIX = ".part"  # the temporary files of writes in progress: .NAME.<random>.part
 

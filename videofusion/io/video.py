@@ -34,10 +34,12 @@ import PIL.Image
 import PIL.ImageSequence
 import torch
 
+from ..errors import SettingError
 from .saving import PartialFile
 
 VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # suffix -> PyAV format
 DEFAULT_CRF = 18  # libx264 constant rate factor: 0 lossless .. 51 worst; 18 is near visually lossless
+DEFAULT_FPS = 8  # frames per second of written videos: ModelScope's training rate (diffusers writes 10)
 MAX_GIF_FPS = 50  # GIF delays are in 1/100 s and browsers play delays under 2/100 s at 1/10 s
 
 
@@ -212,6 +214,27 @@ def _new_temp_output(suffix: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"videofusion-{secrets.token_hex(8)}{suffix}")
 
 
+def check_output(path: str | os.PathLike, fps: Any) -> str:
+    """Check where a video will be written, before any work: ``path`` ends in .mp4, .m4v, .mov, .mkv or
+    .gif, its folder exists and is writable, it is not a folder; ``fps`` is a number > 0, at most 50 for
+    a GIF. SettingError naming ``output`` or ``fps`` otherwise. Returns the path as a str."""
+    suffixes = (*VIDEO_CONTAINERS, ".gif")
+    if not isinstance(path, (str, os.PathLike)) or os.path.splitext(os.fspath(path))[1].lower() not in suffixes:
+        raise SettingError("output", path, f"a file name ending in {', '.join(suffixes)}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SettingError("output", path, f"in an existing folder ({folder} does not exist)")
+    if not os.access(folder, os.W_OK):
+        raise SettingError("output", path, f"in a folder you can write to ({folder} is not writable)")
+    if os.path.isdir(path):
+        raise SettingError("output", path, "a file name, not a folder")
+    top = MAX_GIF_FPS if path.lower().endswith(".gif") else math.inf
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= top:
+        raise SettingError("fps", fps, "a number > 0" + (f", at most {MAX_GIF_FPS} for a GIF" if top < math.inf else ""))
+    return path
+
+
 # ----------------------------------------------------------------------------- MP4 writing
 
 
@@ -241,7 +264,7 @@ class VideoWriter:
     def __init__(
         self,
         path: str | os.PathLike,
-        fps: float | Fraction = 8,
+        fps: float | Fraction = DEFAULT_FPS,
         *,
         width: int | None = None,
         height: int | None = None,
@@ -335,7 +358,7 @@ class VideoWriter:
 def export_to_video(
     video_frames: Any,
     output_video_path: str | os.PathLike | None = None,
-    fps: float | Fraction = 8,
+    fps: float | Fraction = DEFAULT_FPS,
     *,
     crf: float = DEFAULT_CRF,
 ) -> str:
@@ -373,7 +396,7 @@ def gif_durations_ms(num_frames: int, fps: Fraction) -> list[int]:
 def export_to_gif(
     frames: Any,
     output_gif_path: str | os.PathLike | None = None,
-    fps: float | Fraction = 8,
+    fps: float | Fraction = DEFAULT_FPS,
 ) -> str:
     """Write an infinitely looping animated GIF through PIL, atomically.
 

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..io.loading import DIFFUSERS_VERSION, load_model
+from ..io.files import DIFFUSERS_VERSION
+from ..io.loading import load_model
 from ..io.saving import save_model
 
 

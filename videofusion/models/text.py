@@ -15,7 +15,8 @@ import os
 
 import torch
 
-from ..io.loading import check_dtype, component_folder, read_json, select_weight_files
+from ..io.files import component_folder, read_json, select_weight_files
+from ..io.loading import check_dtype
 
 TEXT_ENCODER_STEMS = ("model", "pytorch_model")  # transformers: model.safetensors, pytorch_model.bin
 
@@ -29,7 +30,7 @@ def _transformers_dtype_kwarg() -> str:
 def load_text_encoder(folder: str | os.PathLike, subfolder: str | None = "text_encoder",
                       torch_dtype: torch.dtype | None = None, variant: str | None = None):
     """``transformers.CLIPTextModel`` from ``folder/subfolder`` (a local folder: resolve Hub ids first with
-    :func:`videofusion.io.loading.resolve_pretrained`), in eval mode.
+    :func:`videofusion.io.hub.resolve_pretrained`), in eval mode.
 
     ``variant`` picks ``model.<variant>.safetensors`` (or ``pytorch_model.<variant>.bin``, shards
     likewise). ``torch_dtype=None`` lets transformers choose, as diffusers' pipeline does: with

@@ -8,6 +8,7 @@ lives in the models and schedulers, the file formats in :mod:`videofusion.pipeli
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from ..settings import GenerationSettings, is_count
 from .folders import load_pipeline_components, save_pipeline
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -284,8 +286,15 @@ class VideoPipeline:
         return prompt_embeds, negative_prompt_embeds
 
     def _embed(self, texts: list[str], device: torch.device, clip_skip: int | None) -> torch.Tensor:
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(device)  # (n, 77)
+        limit = self.tokenizer.model_max_length
+        ids = self.tokenizer(texts, padding="max_length", max_length=limit, truncation=True,
+                             return_tensors="pt").input_ids  # (n, 77)
+        whole = self.tokenizer(texts, padding="longest", return_tensors="pt", verbose=False).input_ids  # (n, >= 77 if cut)
+        if whole.shape[-1] > limit:  # as diffusers: say what CLIP cannot see
+            cut = self.tokenizer.batch_decode(whole[:, limit - 1:-1], skip_special_tokens=True)
+            logger.warning("The following part of your input was truncated because CLIP can only handle "
+                           "sequences up to %d tokens: %s", limit, [c for c in cut if c])
+        ids = ids.to(device)
         if clip_skip is None:
             return self.text_encoder(ids)[0]
         hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 import torch
 
-from ..io.loading import DIFFUSERS_VERSION, read_json, read_model_index, resolve_pretrained, select_weight_files
+from ..io.files import DIFFUSERS_VERSION, read_json, read_model_index, select_weight_files
+from ..io.hub import resolve_pretrained
 from ..io.saving import atomic_write_text
 from ..models import AutoencoderKL, UNet3DConditionModel
 from ..models.text import load_text_encoder, load_tokenizer

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..io.loading import read_model_index, resolve_pretrained
+from ..io.files import read_model_index
+from ..io.hub import resolve_pretrained
 from .text_to_video import TextToVideoSDPipeline
 
 PIPELINES = {"TextToVideoSDPipeline": TextToVideoSDPipeline}

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ..io.video import DEFAULT_FPS
 from ..long_video import LongVideo
 from ..settings import DEFAULTS, GenerationSettings
 from .core import TextToVideoSDPipelineOutput, VideoPipeline
@@ -38,7 +39,7 @@ class TextToVideoSDPipeline(VideoPipeline):
                  clip_skip: int | None = None, num_videos_per_prompt: int = 1,
                  noise: str = DEFAULTS.noise, noise_ratio: float = DEFAULTS.noise_ratio,
                  long_video: LongVideo | None = None, output_path: str | list[str] | None = None,
-                 output_fps: float = 8):
+                 output_fps: float = DEFAULT_FPS):
         """Generate videos from text.
 
         Args:
@@ -66,9 +67,9 @@ class TextToVideoSDPipeline(VideoPipeline):
             long_video: ``LongVideo(window=16, stride=4)`` for videos longer than the model was trained
                 on: windowed temporal attention and noise rescheduling (FreeNoise, see
                 :mod:`videofusion.long_video`); no change when ``num_frames <= window``.
-            output_path, output_fps: write the video(s) as H.264 mp4 at ``output_fps`` (a path, or one per
-                video), decoded and encoded chunk by chunk (VAE slicing's chunk); then ``frames`` is None
-                and ``paths`` lists the files.
+            output_path, output_fps: write the video(s) as H.264 mp4 at ``output_fps`` frames per second
+                (default 8; a path, or one per video), decoded and encoded chunk by chunk (VAE slicing's
+                chunk); then ``frames`` is None and ``paths`` lists the files.
 
         Every argument is checked before any model runs (:class:`videofusion.settings.GenerationSettings`
         for the settings); a bad one is a ValueError naming it.

@@ -33,7 +33,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..io.loading import DIFFUSERS_VERSION, resolve_pretrained
+from ..io.files import DIFFUSERS_VERSION
+from ..io.hub import resolve_pretrained
 from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, rescale_zero_terminal_snr
 
 CONFIG_NAME = "scheduler_config.json"
@@ -169,7 +170,7 @@ class Scheduler:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "Scheduler":
         """Load ``<path>/<subfolder>/scheduler_config.json``. A path that is not a local folder is
-        resolved as a Hub id by :func:`videofusion.io.loading.resolve_pretrained`."""
+        resolved as a Hub id by :func:`videofusion.io.hub.resolve_pretrained`."""
         root = Path(path)
         if not root.is_dir():
             root = Path(resolve_pretrained(str(path), subfolder=subfolder))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..noise import initial_latents
+from ..io.hub import resolve_pretrained
 from ..io.saving import atomic_write, atomic_write_text
+from ..pipelines.folders import native_geometry
+from ..runtime.devices import pick_device
+from ..settings import GenerationSettings, is_count
+from .plot import loss_plot
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pt"
@@ -42,8 +46,8 @@ class TrainConfig:
     output_dir: str                  # checkpoint.pt, model/ (the trained pipeline), loss.png, log.json
     data: Any                        # videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, [start_spread, cross_spread, trail]}
     num_frames: int = 16
-    height: int = 256                # pixels
-    width: int = 256                 # pixels
+    height: int | None = None        # pixels; None: the model's own size (unet sample_size x VAE scale factor)
+    width: int | None = None         # pixels; None: the model's own size
     steps: int = 1000                # optimizer steps
     batch_size: int = 1              # clips per step
     learning_rate: float = 1e-5
@@ -77,10 +81,8 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("num_frames", "height", "width", "steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if (value is not None or name not in ("height", "width")) and not is_count(value):
                 raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        if self.height % 8 or self.width % 8:
-            raise ValueError(f"height and width: must be divisible by 8, got {self.height}x{self.width}")
         if not 0.0 <= self.noise_ratio <= 1.0:
             raise ValueError(f"noise_ratio: must be in [0, 1], got {self.noise_ratio}")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -154,29 +156,9 @@ class EMA:
 
 
 def save_loss_curve(losses: list[float], path: Path, title: str = "training loss") -> None:
-    """A PNG plot of the loss (raw in grey, moving average in blue), drawn with PIL alone."""
-    from PIL import Image, ImageDraw
-    width, height, pad = 640, 360, 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    if losses:
-        window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
-        logs = [math.log10(max(v, 1e-8)) for v in losses]
-        low, high = min(logs), max(logs)
-        high = high if high > low else low + 1
-
-        def xy(i, v):
-            x = pad + (width - 2 * pad) * (i / max(1, len(losses) - 1))
-            y = height - pad - (height - 2 * pad) * ((math.log10(max(v, 1e-8)) - low) / (high - low))
-            return x, y
-        draw.line([xy(i, v) for i, v in enumerate(losses)], fill=(200, 200, 200), width=1)
-        draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(30, 80, 220), width=2)
-        draw.text((pad, height - pad + 8), f"step 0 .. {len(losses)}   loss (log scale) "
-                  f"{10 ** low:.3g} .. {10 ** high:.3g}   last avg {smooth[-1]:.4f}", fill="black")
-    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
-    draw.text((pad, 12), title, fill="black")
+    """``path`` (PNG, written atomically): the loss per step on a log scale with labelled axes
+    (:func:`videofusion.training.plot.loss_plot`)."""
+    image = loss_plot(losses, title)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
@@ -216,10 +198,17 @@ def foreground_coverage(clips: torch.Tensor, latent_size: tuple[int, int]) -> to
     return cover.reshape(b, f, 1, *cover.shape[-2:]).permute(0, 2, 1, 3, 4)  # (b, 1, f, h', w')
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_model(config: TrainConfig) -> tuple[Path, TrainConfig]:
+    """The local folder of ``config.model`` and the config with ``height``/``width`` resolved to the
+    model's own size where not given, checked against its VAE's scale factor (no weights are read)."""
+    try:
+        folder = resolve_pretrained(config.model)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model: {e}. The demo recipe's configs start from a folder that "
+                                f"`videofusion init-demo FOLDER` writes (see configs/demo.toml)") from None
+    native, scale = native_geometry(folder)
+    size = GenerationSettings(height=config.height, width=config.width).sized(native, scale)
+    return folder, dataclasses.replace(config, height=size.height, width=size.width)
 
 
 def _load_unet_weights(unet, folder: str) -> None:
@@ -247,13 +236,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     from ..schedulers import DDPMScheduler
     from .data import captions_of, open_dataset
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = _device(config.device)
+    device = pick_device(config.device)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    folder, config = resolve_model(config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(config.data, config.num_frames, config.height, config.width)
-    pipe = TextToVideoSDPipeline.from_pretrained(config.model, torch_dtype=torch.float32)
+    pipe = TextToVideoSDPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
     if config.unet_from:
         _load_unet_weights(pipe.unet, config.unet_from)
     pipe.to(device)
