@@ -22,6 +22,7 @@ from videofusion.apps.batch import BatchOptions, BatchWorker, run_batch, run_spe
 from videofusion.apps.batch_output import ERRORS, MANIFEST, OutputFolder, item_spec, plan
 from videofusion.apps.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
 from videofusion.apps.main import main
+from videofusion.runtime.devices import default_threads
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'videofusion[distributed]')")
@@ -228,6 +229,7 @@ def test_twelve_prompts_on_two_workers_give_twelve_videos_and_a_manifest(two_wor
         assert r["settings"]["num_inference_steps"] == 2
     assert {r["id"]: r["seed"] for r in records}["line-000001"] == 0  # the line's own seed
     assert len({r["worker"] for r in records}) == 2
+    assert {r["threads"] for r in records} == {default_threads()}  # as generate's default: the same videos
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, ERRORS, ".videofusion-batch.lock"]
                                                            + [r["file"] for r in records])
     errors = [json.loads(line) for line in (out / ERRORS).read_text().splitlines()]
@@ -307,3 +309,61 @@ def test_kill_the_job_then_rerun_finishes_without_loss_or_duplicates(ray_cluster
     for r in records:
         assert decode(out / r["file"]).shape == (2, 16, 16, 3)
     assert not list(out.glob(".*.part"))
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` (Linux /proc), each with its start time."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found, todo = {}, [pid]
+    while todo:
+        for child, start in children.get(todo.pop(), []):
+            found[child] = start
+            todo.append(child)
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` still running (not zombies, not a new process with a reused pid)."""
+    out = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            out.append(pid)
+    return out
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
+def test_a_killed_command_takes_its_local_ray_along_and_ray_prints_nothing(tiny_pipeline_dir, tmp_path):
+    """kill -9 of `videofusion batch` (its own local Ray): every process Ray started for it is gone soon
+    after, not a minute later; and with -q the terminal shows none of Ray's own log lines."""
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"a shape {i}", "id": f"v{i:02d}", "num_frames": 2,
+                                                  "num_inference_steps": 8} for i in range(12)])
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-m", "videofusion.apps.main", "batch", str(prompts), "-o", str(out),
+                            "--model", tiny_pipeline_dir, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and job.poll() is None and not (
+            (out / MANIFEST).is_file() and (out / MANIFEST).read_text().strip()):
+        time.sleep(0.05)
+    assert job.poll() is None, job.communicate()
+    ray_processes = descendants(job.pid)
+    assert len(ray_processes) >= 3  # Ray's head, raylet, agents, the worker
+    job.send_signal(signal.SIGKILL)
+    _, err = job.communicate()
+    deadline = time.time() + 30
+    while alive(ray_processes) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(ray_processes), [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in alive(ray_processes)]
+    assert err.decode().strip() == "", err.decode()  # Ray's warnings went to DIR/ray.log
+    assert (out / "ray.log").is_file()

@@ -337,7 +337,7 @@ def test_missing_paths_and_config(tmp_path):
         read_model_index(tmp_path / "unet")
     with pytest.raises(FileNotFoundError, match=r"no model_index\.json"):
         read_model_index(tmp_path)
-    with pytest.raises(ValueError, match="neither a local folder nor a Hub id"):
+    with pytest.raises(FileNotFoundError, match="not a Hub id such as 'org/name' either"):
         resolve_pretrained("not a valid id!")
 
 
@@ -422,7 +422,7 @@ def test_offline_hub_cache(tmp_path, monkeypatch):
     assert resolve_pretrained("org/name", revision=COMMIT) == snapshot
     model = load_model(Toy, "org/name", subfolder="unet", variant="fp16", torch_dtype=torch.float16)
     assert_same_weights(toy().half(), model)
-    with pytest.raises(FileNotFoundError, match=r"'org/other'.*not in the Hub cache.*offline"):
+    with pytest.raises(FileNotFoundError, match=r"no folder 'org/other' here.*no Hub model 'org/other'.*Hub cache.*offline"):
         resolve_pretrained("org/other")
     # HF_HOME/hub when HF_HUB_CACHE is unset; local_files_only works without HF_HUB_OFFLINE
     monkeypatch.delenv("HF_HUB_CACHE")
@@ -441,6 +441,7 @@ def test_online_downloads_only_the_variant(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("videofusion.io.hub.hub_unreachable", lambda: None)  # the Hub answers
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, revision=None: MS_REPO)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo_id, filename, **kw: str(index_dir / filename))
@@ -462,6 +463,49 @@ def test_online_downloads_only_the_variant(tmp_path, monkeypatch):
         resolve_pretrained("org/name", cache_dir=tmp_path / "empty")
     snapshot = make_hub_cache(tmp_path / "c")
     assert resolve_pretrained("org/name", cache_dir=tmp_path / "c") == snapshot  # falls back to the cache
+
+
+def closing_server():
+    """A local TCP port that accepts connections and closes them at once (an unreachable Hub); returns
+    (endpoint, connections counter, stop)."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    count = [0]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            count[0] += 1
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}", count, server.close
+
+
+def test_an_unreachable_hub_is_asked_once_and_a_path_like_name_never(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    endpoint, connections, stop = closing_server()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(FileNotFoundError) as error:
+            resolve_pretrained("out/demo-init")  # a valid Hub id, and no out/ here
+        assert "no folder 'out/demo-init' here" in str(error.value) and "could not be reached" in str(error.value)
+        assert connections[0] == 1  # one probe, no retries (huggingface_hub alone retries 5 times with backoff)
+        (tmp_path / "mymodels").mkdir()
+        with pytest.raises(FileNotFoundError, match="no folder 'mymodels/demo' here"):
+            resolve_pretrained("mymodels/demo")  # its parent folder exists: a path, not a Hub id
+        assert connections[0] == 1
+    finally:
+        stop()
 
 
 # -------------------------------------------------------------------------- real models vs diffusers

@@ -54,10 +54,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`videofusion web` in a subprocess on a free local port; yields its URL."""
-    port, cwd = free_port(), tmp_path_factory.mktemp("web-server")
+    port, cwd, tmp = free_port(), tmp_path_factory.mktemp("web-server"), tmp_path_factory.mktemp("web-tmp")
     log_path = artifacts_dir() / "web-server.log"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+           "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("GRADIO_TEMP_DIR", None)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "videofusion.apps.main", "web", "--port", str(port),
                                  "--max-frames", str(NUM_FRAMES), "--max-steps", str(STEPS), "--threads", "1"],
@@ -85,6 +87,9 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    # stopped: its temporary folders (videos, Gradio's copies) are gone; it never offered a public link
+    assert not list(tmp.glob("videofusion-web-*")), list(tmp.iterdir())
+    assert "share=True" not in log_path.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,12 @@ from typing import Any
 
 from ..io.video import DEFAULT_FPS
 from ..pipelines.folders import native_geometry
-from ..runtime.devices import DTYPES, pick_device, pick_dtype
+from ..runtime.devices import DTYPES, default_threads, pick_device, pick_dtype
 from ..settings import is_count, is_number
 from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, read_items
 from .batch_output import OutputFolder, item_spec, plan
 from .common import CLIError, add_runtime_arguments, model_defaults, model_folder, resolve_model, set_threads
+from .reaper import start_watchdog, stop_watchdog
 
 RAY_LOG = "ray.log"  # what Ray itself prints during `videofusion batch`
 
@@ -54,9 +55,11 @@ class BatchOptions:
 
     ``defaults`` are pipeline settings applied to items that do not set them (over the model's own:
     the demo model's ``DEMO_DEFAULTS``, else :data:`PIPELINE_DEFAULTS`). ``workers`` Ray actors run
-    with ``num_cpus_per_worker`` CPUs and ``num_gpus_per_worker`` GPUs each (fractions share a GPU);
-    ``threads``: torch threads per worker (default: half its CPUs, at least 1, as every front end). ``ray_address``: ``None`` starts a
-    local Ray sized for the workers, ``"auto"`` or ``"host:port"`` joins a running cluster.
+    with ``num_cpus_per_worker`` CPUs (default: the thread count every front end uses by default, half the
+    machine's CPUs) and ``num_gpus_per_worker`` GPUs each (fractions share a GPU); ``threads``: torch threads
+    per worker (default: its CPUs, so by default a worker computes as ``videofusion generate`` does and gives
+    the same video). ``ray_address``: ``None`` starts a local Ray sized for the workers, ``"auto"`` or
+    ``"host:port"`` joins a running cluster.
     """
 
     model: str
@@ -67,10 +70,14 @@ class BatchOptions:
     fps: float = DEFAULT_FPS
     defaults: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
-    num_cpus_per_worker: float = 1
+    num_cpus_per_worker: float | None = None
     num_gpus_per_worker: float = 0
     threads: int | None = None
     ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus_per_worker is None:
+            self.num_cpus_per_worker = default_threads()
 
     def check(self) -> None:
         """ValueError naming the option unless every value is usable (cheap; no Ray, no model)."""
@@ -144,7 +151,7 @@ class BatchWorker:
     def __init__(self, options: dict):
         from ..pipelines import DiffusionPipeline
         from ..schedulers import make_scheduler
-        self.threads = set_threads(options["threads"], cpus=max(1, int(options["num_cpus_per_worker"])))
+        self.threads = set_threads(options["threads"] or max(1, int(options["num_cpus_per_worker"])))
         # a worker Ray gave no GPU computes on the CPU; with GPUs, "auto" picks as everywhere
         device = pick_device("cpu" if options["device"] == "auto" and not options["num_gpus_per_worker"]
                              else options["device"])
@@ -192,23 +199,33 @@ class BatchWorker:
 # ----------------------------------------------------------------------------- driver
 
 
-def _start_ray(options: BatchOptions) -> bool:
-    """Connect to or start Ray; True if this call started it (and so should shut it down)."""
+@contextlib.contextmanager
+def ray_session(options: BatchOptions):
+    """Ray for one run: join ``options.ray_address``, or start a local Ray sized for the workers (with a
+    watchdog that ends its processes with this one, :mod:`videofusion.apps.reaper`); either is shut down
+    after. A Ray already initialised in this process is used as it is."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     if ray.is_initialized():
-        return False
+        yield
+        return
     common = dict(log_to_driver=False, logging_level=logging.ERROR)
+    watchdog = None
     if options.ray_address:
         try:
             ray.init(address=options.ray_address, **common)
         except ConnectionError as e:
             raise ValueError(f"ray_address: cannot join the Ray cluster at {options.ray_address!r}: {e}") from None
     else:
+        watchdog = start_watchdog()
         # workers at normal priority: they are the job (Ray's default, nice 15, starves them on a busy machine)
         ray.init(num_cpus=math.ceil(options.workers * options.num_cpus_per_worker), include_dashboard=False,
                  _system_config={"worker_niceness": 0}, **common)
-    return True
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        stop_watchdog(watchdog)
 
 
 def _stream_results(pending: list[Item], options: BatchOptions):
@@ -270,7 +287,6 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
     invalid = len(errors)
     folder = OutputFolder(Path(output_dir))
     summary = {"items": len(items), "skipped": 0, "generated": 0, "failed": 0, "invalid": invalid}
-    started = False
     try:
         run = run_spec(options)
         pending, keep = plan(items, run, folder.path)
@@ -278,10 +294,9 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
         summary["skipped"] = len(items) - len(pending)
         by_id = {item.id: item for item in pending}
         if pending:
-            started = _start_ray(options)
             bar = tqdm(total=len(items), initial=summary["skipped"], unit="video", desc="batch",
                        disable=not progress, dynamic_ncols=True)
-            with bar, _ray_errors(summary):
+            with ray_session(options), bar, _ray_errors(summary):
                 for item_id, result, mp4 in _stream_results(pending, options):
                     item = by_id.pop(item_id, None)
                     if item is None:  # a retried task delivered twice: the first one was written
@@ -301,9 +316,6 @@ def run_batch(prompts: str | os.PathLike, output_dir: str | os.PathLike, options
         folder.write_errors(errors)
     finally:
         folder.close()
-        if started:
-            import ray
-            ray.shutdown()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
@@ -366,7 +378,8 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-ratio", type=float, default=None, help="default weight of the shared base noise")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the files (default {DEFAULT_FPS})")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, one pipeline each (default 1)")
-    p.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs Ray reserves per worker (default 1)")
+    p.add_argument("--num-cpus-per-worker", type=float, default=None,
+                   help="CPUs Ray reserves per worker, its torch threads (default: half this machine's CPUs)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0,
                    help="GPUs per worker, e.g. 1, or 0.5 to share one between two (default 0: CPU)")
     add_runtime_arguments(p, device_help="auto, cpu, cuda, mps (default auto: a worker with GPUs "

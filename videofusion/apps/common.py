@@ -95,15 +95,14 @@ def add_runtime_arguments(p: argparse.ArgumentParser, device_help: str | None = 
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="default auto: float16 on CUDA and MPS, float32 on the CPU")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: half the CPUs, at least 1; a batch worker: half its CPUs)")
+                   help="torch CPU threads (default: half this machine's CPUs, at least 1; a batch worker: its CPUs)")
 
 
-def set_threads(threads: int | None, cpus: int | None = None) -> int:
+def set_threads(threads: int | None) -> int:
     """Use ``threads`` CPU threads for torch's operators, by default
-    :func:`~videofusion.runtime.devices.default_threads` of ``cpus`` (the process's CPUs, or the CPUs a
-    batch worker was given); returns the number used."""
+    :func:`~videofusion.runtime.devices.default_threads` (half the machine's CPUs); returns the number used."""
     if threads is None:
-        threads = default_threads(cpus)
+        threads = default_threads()
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise SettingError("threads", threads, "an integer >= 1")
     import torch

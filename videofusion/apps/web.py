@@ -16,6 +16,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -382,11 +383,18 @@ def serve(args) -> int:
         print(f"videofusion web: {service.model_name}, {service.width}x{service.height}, limits "
               + json.dumps(asdict(limits)) + f"; serving on http://{args.host}:{args.port} (Ctrl-C stops it)",
               flush=True)
+        previous = signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server as Ctrl-C does
         try:
             app.launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False, show_error=False,
                        footer_links=["api"], quiet=True)
         except OSError as e:  # the port was taken after the check
             raise CLIError(f"--port: cannot listen on {args.host}:{args.port} ({e})") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt

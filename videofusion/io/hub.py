@@ -147,13 +147,18 @@ def resolve_pretrained(path_or_id: str | os.PathLike, *, subfolder: str | None =
     hub_error = None if offline else hub_unreachable()
     if not offline and hub_error is None:
         from huggingface_hub import HfApi
-        from huggingface_hub.utils import RepositoryNotFoundError
+        from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
         try:
             repo_files = HfApi().list_repo_files(repo_id, revision=revision)
+        except (GatedRepoError, RevisionNotFoundError):
+            raise
         except RepositoryNotFoundError:
             raise FileNotFoundError(f"{here}, and no model {repo_id!r} on the Hub (or it is private: log in "
                                     "with `hf auth login`)") from None
-        return Path(_download(repo_id, repo_files, subfolder, variant, cache_dir, revision, allow_patterns))
+        except Exception as e:  # the Hub failed after answering: the cache, as huggingface_hub does
+            hub_error = f"{type(e).__name__}: {e}"
+        else:
+            return Path(_download(repo_id, repo_files, subfolder, variant, cache_dir, revision, allow_patterns))
     snapshot = cached_snapshot(repo_id, revision, cache_dir)  # offline: the cached copy, as huggingface_hub does
     if snapshot is None:
         why = (f"the Hub could not be reached ({hub_error})" if hub_error else

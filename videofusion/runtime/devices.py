@@ -63,13 +63,13 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_threads(cpus: int | None = None) -> int:
-    """torch's CPU threads when none are asked for: half of ``cpus`` (default :func:`usable_cpus`), at
-    least one. Leaving half free keeps a machine with other busy processes from being oversubscribed
-    (measured on 2 cores with one busy process: 1 thread 2.0 s, 2 threads 6-7 s for the demo video; idle,
-    2 threads are 15% faster). The number is fixed per machine, not read from the load, because results
-    differ in the last bits between thread counts: the same request on one machine gives the same video."""
-    return max(1, (cpus or usable_cpus()) // 2)
+def default_threads() -> int:
+    """torch's CPU threads when none are asked for: half of :func:`usable_cpus`, at least one. Leaving half
+    free keeps a machine with other busy processes from being oversubscribed (measured on 2 cores with one
+    busy process: 1 thread 2.0 s, 2 threads 6-7 s for the demo video; idle, 2 threads are 15% faster).
+    The number is fixed per machine, not read from the load, because results differ in the last bits
+    between thread counts: the same request on one machine gives the same video."""
+    return max(1, usable_cpus() // 2)
 
 
 def accelerator_device(gpu_id: int | None = None, device: torch.device | str | None = None) -> torch.device | None:
