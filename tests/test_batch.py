@@ -98,11 +98,11 @@ def test_options_are_checked_before_ray_starts(tmp_path, tiny_pipeline_dir, caps
         BatchOptions(model=str(tmp_path)).check()
     with pytest.raises(ValueError, match="num_frames"):
         BatchOptions(model=tiny_pipeline_dir, defaults={"num_frames": -2}).check()
-    with pytest.raises(ValueError, match="needs num_gpus_per_worker"):
+    with pytest.raises(ValueError, match="device: .*without --num-gpus-per-worker"):
         BatchOptions(model=tiny_pipeline_dir, device="cuda").check()
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "x"}])
-    for extra, word in ((["--workers", "0"], "workers"), (["--height", "13"], "--height"),
-                        (["--num-gpus-per-worker", "-1"], "num_gpus_per_worker")):
+    for extra, word in ((["--workers", "0"], "--workers"), (["--height", "13"], "--height"),
+                        (["--num-gpus-per-worker", "-1"], "--num-gpus-per-worker")):
         code = main(["batch", str(prompts), "-o", str(tmp_path / "out"), "--model", tiny_pipeline_dir, *extra])
         err = capsys.readouterr().err
         assert code == 2 and word in err and len(err.strip().splitlines()) == 1

@@ -190,7 +190,7 @@ def test_web_command_defaults_bind_to_this_machine():
 
 
 @pytest.mark.parametrize("extra,word", [
-    (["--port", "0"], "--port"), (["--max-frames", "0"], "max_frames"), (["--width", "31"], "--width"),
+    (["--port", "0"], "--port"), (["--max-frames", "0"], "--max-frames"), (["--width", "31"], "--width"),
     (["--device", "cuda:3"], "--device"),
 ])
 def test_web_bad_options_are_one_line_and_exit_code_2(tiny_pipeline_dir, capsys, extra, word, monkeypatch):

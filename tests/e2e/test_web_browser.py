@@ -147,6 +147,8 @@ def test_page_generates_a_video_that_plays_errors_show_and_nothing_leaves_the_ma
     page.goto(server, wait_until="load")
     page.wait_for_selector("#generate")
     assert "built-in demo model" in page.inner_text("body")
+    vocabulary = page.inner_text("#vocabulary")  # under the prompt: what the built-in model understands
+    assert "colours red, green, blue" in vocabulary and "directions left, right, up, down" in vocabulary
 
     page.click("#generate")  # empty prompt: an error in the page
     expect_toast(page, "prompt: is empty")

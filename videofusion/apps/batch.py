@@ -35,6 +35,7 @@ from typing import Any
 from ..io.video import DEFAULT_FPS
 from ..pipelines.folders import native_geometry
 from ..runtime.devices import DTYPES, default_threads, pick_device, pick_dtype
+from ..errors import SettingError
 from ..settings import is_count, is_number
 from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, read_items
 from .batch_output import OutputFolder, item_spec, plan
@@ -83,27 +84,27 @@ class BatchOptions:
         """ValueError naming the option unless every value is usable (cheap; no Ray, no model)."""
         from ..schedulers import SCHEDULERS
         if not is_count(self.workers):
-            raise ValueError(f"workers: must be an integer >= 1, got {self.workers!r}")
+            raise SettingError("workers", self.workers, "an integer >= 1")
         if not is_number(self.num_cpus_per_worker) or self.num_cpus_per_worker <= 0:
-            raise ValueError(f"num_cpus_per_worker: must be a number > 0, got {self.num_cpus_per_worker!r}")
+            raise SettingError("num_cpus_per_worker", self.num_cpus_per_worker, "a number > 0")
         if not is_number(self.num_gpus_per_worker) or self.num_gpus_per_worker < 0:
-            raise ValueError(f"num_gpus_per_worker: must be a number >= 0, got {self.num_gpus_per_worker!r}")
+            raise SettingError("num_gpus_per_worker", self.num_gpus_per_worker, "a number >= 0")
         if self.threads is not None and not is_count(self.threads):
-            raise ValueError(f"threads: must be an integer >= 1 or None, got {self.threads!r}")
+            raise SettingError("threads", self.threads, "an integer >= 1 or None")
         if not is_number(self.fps) or self.fps <= 0:
-            raise ValueError(f"fps: must be a number > 0, got {self.fps!r}")
+            raise SettingError("fps", self.fps, "a number > 0")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler: {self.scheduler!r} is not one of {sorted(SCHEDULERS)}")
+            raise SettingError("scheduler", self.scheduler, f"one of {', '.join(sorted(SCHEDULERS))}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+            raise SettingError("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device: {self.device!r} is not auto, cpu, cuda or mps (Ray picks each worker's GPU)")
+            raise SettingError("device", self.device, "auto, cpu, cuda or mps (Ray picks each worker's GPU)")
         if self.num_gpus_per_worker == 0 and self.device == "cuda":
-            raise ValueError("device: 'cuda' needs num_gpus_per_worker > 0 (Ray hands out the GPUs)")
+            raise SettingError("device", self.device, "auto or cpu without --num-gpus-per-worker (Ray hands out the GPUs)")
         model_dir = Path(self.model).expanduser()
         if (model_dir.exists() or self.model.startswith((".", "/", "~"))) and \
                 not (model_dir / "model_index.json").is_file():
-            raise ValueError(f"model: {self.model!r} is not a pipeline folder (no model_index.json)")
+            raise SettingError("model", self.model, "a pipeline folder (with a model_index.json) or a Hub id")
         check_settings(self.defaults)  # names a bad default before the model's defaults are merged in
         settings = check_settings(resolve_defaults(self))
         if self.geometry() is not None:

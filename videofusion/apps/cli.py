@@ -99,11 +99,14 @@ def run_generate(args) -> int:
     pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    if args.offload == "model":
-        pipe.enable_model_cpu_offload(device=device if device.type != "cpu" else None)
+    if args.offload != "none" and device.type == "cpu":
+        print(f"videofusion generate: note: --offload {args.offload} has nothing to do on the CPU; running "
+              "without it", file=sys.stderr)
+    elif args.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
     elif args.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device if device.type != "cpu" else None)
-    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+    if args.offload == "none" or device.type == "cpu":
         pipe.to(device)
     if args.vae_slicing:
         pipe.enable_vae_slicing()
@@ -197,8 +200,11 @@ def run_eval_demo(args) -> int:
 
     from ..demo.evaluate import evaluate_demo
     set_threads(args.threads)
+    if args.seeds < 0 or args.heldout_seeds < 0 or args.seeds + args.heldout_seeds == 0:
+        raise CLIError(f"--seeds, --heldout-seeds: need numbers >= 0, not both 0; got {args.seeds}, {args.heldout_seeds}")
+    model = str(model_folder(resolve_model(args.model)))
     t0 = time.perf_counter()
-    report = evaluate_demo(args.model, seeds=args.seeds, heldout_seeds=args.heldout_seeds,
+    report = evaluate_demo(model, seeds=args.seeds, heldout_seeds=args.heldout_seeds,
                            max_combos=args.max_combos, num_frames=args.num_frames,
                            num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                            noise=args.noise, noise_ratio=args.noise_ratio,

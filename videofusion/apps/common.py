@@ -23,6 +23,9 @@ FLAGS = {
     "height": "--height", "width": "--width", "negative_prompt": "--negative-prompt", "noise": "--noise",
     "noise_ratio": "--noise-ratio", "long_video": "--long-video", "prompt": "PROMPT", "model": "--model",
     "device": "--device", "dtype": "--dtype", "threads": "--threads", "fps": "--fps", "output": "--output",
+    "scheduler": "--scheduler", "workers": "--workers", "num_cpus_per_worker": "--num-cpus-per-worker",
+    "num_gpus_per_worker": "--num-gpus-per-worker", "max_frames": "--max-frames", "max_steps": "--max-steps",
+    "max_guidance": "--max-guidance", "queue_size": "--queue-size",
 }
 
 

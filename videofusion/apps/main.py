@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except SettingError as e:
-        print(f"videofusion {args.command}: error: {cli_error(e)}", file=sys.stderr)
+    except SettingError as e:  # named as typed: an option, or for train a key of the config file
+        print(f"videofusion {args.command}: error: {e if args.command == 'train' else cli_error(e)}", file=sys.stderr)
         return 2
-    except (CLIError, ValueError, TypeError, FileNotFoundError) as e:
+    except (CLIError, ValueError, TypeError, OSError) as e:  # OSError: missing, unreadable or unwritable files
         print(f"videofusion {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..demo.shapes import vocabulary_note
+from ..demo.shapes import PROMPT_FORM, vocabulary_note
 from ..io.video import DEFAULT_FPS
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS, make_scheduler
@@ -65,10 +65,10 @@ class Limits:
             if value is None and name in ("height", "width"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+                raise SettingError(name, value, "an integer >= 1")
         if isinstance(self.max_guidance, bool) or not isinstance(self.max_guidance, numbers.Real) \
                 or not 1 <= self.max_guidance < math.inf:
-            raise ValueError(f"max_guidance: must be a number >= 1, got {self.max_guidance!r}")
+            raise SettingError("max_guidance", self.max_guidance, "a number >= 1")
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,9 @@ def build_app(service: WebService):
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", placeholder=s.examples[0], lines=2, elem_id="prompt")
-                if s.is_demo:
-                    gr.Markdown(vocabulary_note()[0].upper() + vocabulary_note()[1:] + ".", elem_id="vocabulary")
+                if s.is_demo:  # the form in code style: Markdown would take <colour> for an HTML tag
+                    note = vocabulary_note().replace(f"'{PROMPT_FORM}'", f"`{PROMPT_FORM}`")
+                    gr.Markdown(note[0].upper() + note[1:] + ".", elem_id="vocabulary")
                 negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from (optional)",
                                       elem_id="negative-prompt")
                 with gr.Row():

@@ -219,9 +219,11 @@ def check_output(path: str | os.PathLike, fps: Any) -> str:
     .gif, its folder exists and is writable, it is not a folder; ``fps`` is a number > 0, at most 50 for
     a GIF. SettingError naming ``output`` or ``fps`` otherwise. Returns the path as a str."""
     suffixes = (*VIDEO_CONTAINERS, ".gif")
-    if not isinstance(path, (str, os.PathLike)) or os.path.splitext(os.fspath(path))[1].lower() not in suffixes:
-        raise SettingError("output", path, f"a file name ending in {', '.join(suffixes)}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise SettingError("output", path, "a file path")
     path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() not in suffixes:
+        raise SettingError("output", path, f"a file name ending in {', '.join(suffixes)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise SettingError("output", path, f"in an existing folder ({folder} does not exist)")

@@ -118,6 +118,11 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}; accepted: {sorted(known)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise ValueError(f"config: {path} does not set {', '.join(missing)} (configs/finetune-demo.toml is "
+                             "an example)")
         return cls(**values)
 
 
