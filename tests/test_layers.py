@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "videofusion"
 
 # Lower numbers are lower layers; a module may import its own package and anything of a lower rank.
 RANKS = {
-    "errors": 0, "noise": 0, "version": 0,
+    "errors": 0, "noise": 0, "outputs": 0, "version": 0,
     "io": 1, "runtime": 1, "long_video": 1,
     "models": 2, "schedulers": 2, "settings": 2,
     "pipelines": 3,

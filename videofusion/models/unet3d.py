@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..outputs import Output
 from .config import PretrainedModel
 from .chunking import map_rows
 from .layers import (
@@ -103,7 +104,7 @@ class UNet3DConfig:
 
 
 @dataclass
-class UNet3DConditionOutput:
+class UNet3DConditionOutput(Output):
     """``sample`` (batch, out_channels, num_frames, height, width): the model's prediction."""
 
     sample: torch.Tensor

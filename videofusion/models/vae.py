@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..noise import randn
+from ..outputs import Output
 from .config import PretrainedModel
 from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation,
                      config_error, positive_int)
@@ -69,14 +70,14 @@ class VAEConfig:
 
 
 @dataclass
-class AutoencoderKLOutput:
+class AutoencoderKLOutput(Output):
     """``latent_dist``: the :class:`DiagonalGaussianDistribution` over latents."""
 
     latent_dist: "DiagonalGaussianDistribution"
 
 
 @dataclass
-class DecoderOutput:
+class DecoderOutput(Output):
     """``sample`` (batch, out_channels, height, width): decoded images."""
 
     sample: torch.Tensor

@@ -20,6 +20,7 @@ from ..errors import SettingError
 from ..io.streaming import decoded_chunks, video_writers, write_videos
 from ..long_video import long_video_latents
 from ..models.layers import OFFLOAD_UNITS
+from ..outputs import Output
 from ..runtime.devices import accelerator_device, warn_no_accelerator
 from ..runtime.fast import FastPath
 from ..runtime.offload import ModelOffload, SequentialOffload
@@ -33,16 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TextToVideoSDPipelineOutput:
+class TextToVideoSDPipelineOutput(Output):
     """``frames``: np ``(batch, num_frames, height, width, 3)`` float in [0, 1] for ``"np"``; torch
     ``(batch, num_frames, 3, height, width)`` for ``"pt"``; a list (per video) of lists of PIL images
     for ``"pil"``; the latents ``(batch, channels, num_frames, height/8, width/8)`` for ``"latent"``."""
 
     frames: Any
     paths: list[str] | None = None  # the files written by a call with output_path (frames is None then)
-
-    def __getitem__(self, index: int):
-        return (self.frames,)[index]
 
 
 class VideoPipeline:

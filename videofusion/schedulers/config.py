@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..io.files import DIFFUSERS_VERSION
+from ..outputs import Output
 from ..io.hub import resolve_pretrained
 from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, rescale_zero_terminal_snr
 
@@ -67,7 +68,7 @@ class SchedulerConfig(dict):
 
 
 @dataclass
-class SchedulerOutput:
+class SchedulerOutput(Output):
     """Result of ``Scheduler.step``.
 
     prev_sample: the sample at the next (less noisy) timestep, same shape as the input sample.
@@ -77,9 +78,6 @@ class SchedulerOutput:
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-    def to_tuple(self) -> tuple:
-        return (self.prev_sample, self.pred_original_sample)
 
 
 def _expand_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
