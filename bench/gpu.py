@@ -7,7 +7,7 @@ weights cost the same time as real ones) and measures, for 256x256x16 (50 DDIM s
 
 * UNet classifier-free-guidance step (batch 2) in ms, achieved TFLOP/s and share of the measured fp16
   matmul ceiling, for diffusers eager, diffusers ``torch.compile`` (default mode), videofusion eager and
-  videofusion's fast path (the default on CUDA), plus each fast-path part alone (--ablation);
+  videofusion's fast path (``enable_fast_path``, ``--compile``), plus each fast-path part alone (--ablation);
 * VAE decode of the frames in ms;
 * the end-to-end call in seconds (warm) and its peak allocated GiB;
 * the fast path's first-call warm-up (compilation), and with --second-process the warm-up of a fresh

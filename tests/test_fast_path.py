@@ -118,15 +118,17 @@ def test_pipeline_fast_path_same_video(pipe, tmp_path):
     np.testing.assert_allclose(call(pipe), plain, atol=0)
 
 
-def test_fast_path_on_by_default_on_cuda_only(pipe):
-    """On CUDA the first call turns the fast path on (compiling lazily); on the CPU it stays off;
-    disable_fast_path() keeps it off."""
-    assert pipe.placement.unet_forward(pipe.unet, torch.device("cpu")) is pipe.unet and pipe.placement.fast is None
-    fn = pipe.placement.unet_forward(pipe.unet, torch.device("cuda"))  # nothing runs: torch.compile is lazy
+def test_fast_path_is_off_until_asked_for(pipe, monkeypatch):
+    """As in diffusers, the first call runs eager even on CUDA (compiling takes minutes); enable_fast_path()
+    turns it on (compiling lazily), disable_fast_path() off."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pipe.placement.unet_forward(pipe.unet) is pipe.unet and pipe.placement.fast is None
+    pipe.enable_fast_path(backend="aot_eager")
+    fn = pipe.placement.unet_forward(pipe.unet)  # nothing runs: torch.compile is lazy
     assert pipe.placement.fast is not None and fn is not pipe.unet
     assert pipe.placement.fast.fuse_qkv and pipe.placement.fast.channels_last and pipe.placement.fast.compile
     pipe.disable_fast_path()
-    assert pipe.placement.unet_forward(pipe.unet, torch.device("cuda")) is pipe.unet and pipe.placement.fast is None
+    assert pipe.placement.unet_forward(pipe.unet) is pipe.unet and pipe.placement.fast is None
 
 
 def test_fast_path_and_offload_exclude_each_other(pipe):

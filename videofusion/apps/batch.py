@@ -74,6 +74,7 @@ class BatchOptions:
     num_cpus_per_worker: float | None = None
     num_gpus_per_worker: float = 0
     threads: int | None = None
+    compile: bool = False
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
@@ -161,6 +162,8 @@ class BatchWorker:
         if options["scheduler"]:
             pipe.scheduler = make_scheduler(options["scheduler"], pipe.scheduler.config)
         pipe.to(device)
+        if options["compile"]:
+            pipe.enable_fast_path()  # each worker compiles at its first item of each size
         pipe.set_progress_bar_config(disable=True)
         self.pipe, self.fps = pipe, options["fps"]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -404,7 +407,7 @@ def run_command(args) -> int:
     options = BatchOptions(model=resolve_model(args.model), variant=args.variant, scheduler=args.scheduler,
                            device=args.device, dtype=args.dtype, fps=args.fps, defaults=defaults,
                            workers=args.workers, num_cpus_per_worker=args.num_cpus_per_worker,
-                           num_gpus_per_worker=args.num_gpus_per_worker, threads=args.threads,
+                           num_gpus_per_worker=args.num_gpus_per_worker, threads=args.threads, compile=args.compile,
                            ray_address=args.ray_address)
     options.check()  # before the output folder is made
     model_folder(options.model, options.variant)  # a model that is nowhere: one line now, not one per worker

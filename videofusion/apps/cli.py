@@ -110,6 +110,10 @@ def run_generate(args) -> int:
         pipe.to(device)
     if args.vae_slicing:
         pipe.enable_vae_slicing()
+    if args.compile:
+        if args.offload != "none" and device.type != "cpu":
+            raise CLIError("--compile: not combinable with --offload (offload moves the weights under the compiled graph)")
+        pipe.enable_fast_path()
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising")
     load_s = time.perf_counter() - t0
 

@@ -92,13 +92,17 @@ def check_size(settings: GenerationSettings, folder: str | os.PathLike) -> Gener
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, device_help: str | None = None) -> None:
-    """``--device``, ``--dtype`` and ``--threads``: the same options, defaults and meaning in every front end."""
+    """``--device``, ``--dtype``, ``--threads`` and ``--compile``: the same options, defaults and meaning in
+    every front end that generates."""
     p.add_argument("--device", default="auto",
                    help=device_help or "auto, cpu, cuda, cuda:1, mps (default auto: CUDA, then MPS, then the CPU)")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="default auto: float16 on CUDA and MPS, float32 on the CPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: half this machine's CPUs, at least 1; a batch worker: its CPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (the fast path): faster steps after a warm-up of minutes on a GPU "
+                        "at each new size (cached on disk); pays off over many videos")
 
 
 def set_threads(threads: int | None) -> int:

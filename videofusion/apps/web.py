@@ -377,6 +377,8 @@ def serve(args) -> int:
         check_size(request_settings(model, dict(height=args.height, width=args.width)), folder)  # before loading
         pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
         pipe.to(device)
+        if args.compile:
+            pipe.enable_fast_path()  # compiled at the first request of each size
         service = WebService(pipe, model_label(model, is_demo), limits, defaults=model_defaults(model),
                              examples=DEMO_EXAMPLES if is_demo else HUB_EXAMPLES, output_dir=str(workdir / "videos"),
                              is_demo=is_demo)

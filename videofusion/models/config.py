@@ -15,14 +15,40 @@ work to :mod:`videofusion.io.loading`, so the model files hold only math.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..io.files import DIFFUSERS_VERSION
+from ..io.files import DIFFUSERS_VERSION, component_folder, read_json
+from ..io.hub import resolve_pretrained
 from ..io.loading import load_model
-from ..io.saving import save_model
+from ..io.saving import atomic_write_text, save_model
+
+
+class ModelConfig(Mapping):
+    """Base of the models' config dataclasses: fields read as attributes (``config.block_out_channels``) and,
+    as diffusers' ``FrozenDict`` is, as a read-only mapping (``config["block_out_channels"]``,
+    ``dict(config)``, ``for key in config``, ``config.get(key)``)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
 
 
 def config_from_dict(config_class: type, values: Mapping[str, Any] | None = None, **overrides: Any):
@@ -34,8 +60,11 @@ def config_from_dict(config_class: type, values: Mapping[str, Any] | None = None
     """
     if isinstance(values, config_class):
         values = dataclasses.asdict(values)
-    merged = {**(dict(values) if values else {}), **overrides}
     names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:  # diffusers warns and ignores them too
+        warnings.warn(f"{config_class.__name__}: ignoring {unknown}, which are not config keys", stacklevel=4)
+    merged = {**(dict(values) if values else {}), **overrides}
     kwargs = {k: v for k, v in merged.items() if k in names}
     return config_class(**kwargs)
 
@@ -73,19 +102,38 @@ class PretrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str, subfolder: str | None = None,
                         torch_dtype: torch.dtype | None = None, variant: str | None = None,
-                        **kwargs) -> "PretrainedModel":
-        """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.io.loading.load_model`."""
+                        low_cpu_mem_usage: bool = True, **kwargs) -> "PretrainedModel":
+        """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.io.loading.load_model`.
+        ``low_cpu_mem_usage`` is accepted for diffusers' scripts: loading never builds random weights first,
+        whatever its value."""
         return load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=torch_dtype,
                           variant=variant, **kwargs)
+
+    @classmethod
+    def load_config(cls, path_or_id: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> dict:
+        """The ``config.json`` dict of a model folder (or Hub id: only the config is fetched), as diffusers'
+        ``load_config``; ``from_config`` builds a model from it."""
+        root = resolve_pretrained(path_or_id, subfolder=subfolder, allow_patterns=[
+            f"{subfolder.strip('/')}/{cls.config_name}" if subfolder else cls.config_name], **hub_kwargs)
+        return read_json(component_folder(root, subfolder), cls.config_name)
+
+    def save_config(self, save_directory: str | os.PathLike) -> None:
+        """Write ``config.json`` (as :meth:`save_pretrained` does, without the weights)."""
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(save_directory) / self.config_name,
+                          json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
+
+    def config_dict(self) -> dict:
+        """The ``config.json`` contents: the config plus diffusers' ``_class_name`` and ``_diffusers_version``."""
+        return {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION,
+                **config_to_dict(self.config)}
 
     def save_pretrained(self, save_directory: str, variant: str | None = None,
                         safe_serialization: bool = True, max_shard_size: int | str | None = None) -> None:
         """Write ``config.json`` and the weights in diffusers' layout, every file atomically (see
         :func:`videofusion.io.saving.save_model` for ``variant``, ``safe_serialization`` and
         ``max_shard_size``); ``diffusers.<Class>.from_pretrained`` loads the folder."""
-        config = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION,
-                  **config_to_dict(self.config)}
-        save_model(save_directory, config, self.state_dict(), config_name=self.config_name,
+        save_model(save_directory, self.config_dict(), self.state_dict(), config_name=self.config_name,
                    weights_name=self.weights_name, variant=variant, safe_serialization=safe_serialization,
                    max_shard_size=max_shard_size)
 

@@ -66,6 +66,18 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """FreeU's skip-feature filter (Si et al. 2023, "FreeU: Free Lunch in Diffusion U-Net", eq. 6): scale the
+    lowest spatial frequencies of ``x`` (b, c, h, w) by ``scale``: the centred 2-D FFT's square of half-width
+    ``threshold``. Computed in float32, returned in ``x.dtype``."""
+    h, w = x.shape[-2:]
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))  # (b, c, h, w) complex
+    mask = torch.ones(x.shape, device=x.device)
+    mask[..., h // 2 - threshold:h // 2 + threshold, w // 2 - threshold:w // 2 + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
+
+
 class TimestepEmbedding(nn.Module):
     """MLP on the sinusoidal embedding: ``linear_2(act(linear_1(x + cond_proj(cond))))``."""
 

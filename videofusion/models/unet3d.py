@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..outputs import Output
-from .config import PretrainedModel
+from .config import ModelConfig, PretrainedModel
 from .chunking import map_rows
 from .layers import (
     Downsample2D,
@@ -35,6 +35,7 @@ from .layers import (
     Upsample2D,
     check_norm_and_activation,
     config_error,
+    fourier_filter,
     positive_int,
     set_attention_slice,
     set_forward_chunking,
@@ -47,7 +48,7 @@ UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
 
 
 @dataclass
-class UNet3DConfig:
+class UNet3DConfig(ModelConfig):
     """Every key of diffusers' ``UNet3DConditionModel`` config.json, with diffusers' defaults
     (the defaults are the 1.7B ModelScope model except ``sample_size``)."""
 
@@ -159,8 +160,10 @@ class UpBlock3D(nn.Module):
     optional 2x upsample. With ``head_dim`` it is diffusers' CrossAttnUpBlock3D, else UpBlock3D."""
 
     def __init__(self, cfg: UNet3DConfig, in_channels: int, prev_channels: int, out_channels: int,
-                 temb_channels: int, head_dim: int | None, add_upsample: bool):
+                 temb_channels: int, head_dim: int | None, add_upsample: bool, resolution_idx: int = 0):
         super().__init__()
+        self.resolution_idx = resolution_idx  # 0 for the deepest up block: FreeU acts on blocks 0 and 1
+        self.freeu: tuple[float, float] | None = None  # (s, b) of FreeU at this block, or off
         groups, num_layers = cfg.norm_num_groups, cfg.layers_per_block + 1
         layers = range(num_layers)
         skip_channels = [in_channels if i == num_layers - 1 else out_channels for i in layers]
@@ -180,7 +183,13 @@ class UpBlock3D(nn.Module):
             def concat_resnet(x, skip, temb, resnet=resnet):
                 return resnet(torch.cat([x, skip], dim=1), temb)  # (rows, c + c_skip, h, w) in
 
-            x = temp_conv(map_rows(concat_resnet, rows, x, skips[-1 - i], temb), num_frames)
+            skip = skips[-1 - i]
+            if self.freeu is not None:  # FreeU: amplify half the backbone channels, damp the skip's low frequencies
+                s, b = self.freeu
+                half = x.shape[1] // 2
+                x = torch.cat([x[:, :half] * b, x[:, half:]], dim=1)  # (b*f, c, h, w)
+                skip = fourier_filter(skip, threshold=1, scale=s)
+            x = temp_conv(map_rows(concat_resnet, rows, x, skip, temb), num_frames)
             if self.attentions is not None:
                 x = self.temp_attentions[i](map_rows(self.attentions[i], rows, x, context), num_frames)
         if self.upsamplers is not None:
@@ -237,7 +246,8 @@ class UNet3DConditionModel(PretrainedModel):
         self.up_blocks = nn.ModuleList(
             UpBlock3D(cfg, in_channels=rev_channels[min(i + 1, n - 1)], prev_channels=rev_channels[max(i - 1, 0)],
                       out_channels=rev_channels[i], temb_channels=temb,
-                      head_dim=rev_heads[i] if kind == "CrossAttnUpBlock3D" else None, add_upsample=i < n - 1)
+                      head_dim=rev_heads[i] if kind == "CrossAttnUpBlock3D" else None, add_upsample=i < n - 1,
+                      resolution_idx=i)
             for i, kind in enumerate(cfg.up_block_types))
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, channels[0], eps=cfg.norm_eps)
@@ -281,6 +291,19 @@ class UNet3DConditionModel(PretrainedModel):
                 m.frames_per_chunk = frames_per_chunk
             elif isinstance(m, (TransformerTemporalModel, TemporalConvLayer)):
                 m.frames_per_chunk, m.pixels_per_chunk = frames_per_chunk, pixels_per_chunk
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023): in the two deepest up blocks, multiply half of the backbone's channels by
+        ``b1`` / ``b2`` and the lowest frequencies of the skip features by ``s1`` / ``s2``. No training, no
+        weights; diffusers' parameters and numbers. It stays off unless all four are non-zero, as in diffusers."""
+        on = bool(s1 and s2 and b1 and b2)
+        for block in self.up_blocks:
+            block.freeu = ((s1, b1) if block.resolution_idx == 0 else (s2, b2)) \
+                if on and block.resolution_idx in (0, 1) else None
+
+    def disable_freeu(self) -> None:
+        for block in self.up_blocks:
+            block.freeu = None
 
     def fuse_qkv_projections(self) -> None:
         """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same

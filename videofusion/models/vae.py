@@ -16,15 +16,15 @@ from torch import nn
 
 from ..noise import randn
 from ..outputs import Output
-from .config import PretrainedModel
-from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation,
-                     config_error, positive_int)
+from .config import ModelConfig, PretrainedModel
+from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation, config_error,
+                     positive_int, set_fused_projections)
 
 EPS = 1e-6  # GroupNorm eps everywhere in the VAE
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ModelConfig):
     """Every key of diffusers' ``AutoencoderKL`` config.json, with diffusers' defaults."""
 
     in_channels: int = 3
@@ -292,6 +292,13 @@ class AutoencoderKL(PretrainedModel):
 
     def disable_slicing(self) -> None:
         self.use_slicing = False
+
+    def fuse_qkv_projections(self) -> None:
+        """One matrix multiply for q, k, v of the mid-block attention (same outputs up to rounding)."""
+        set_fused_projections(self, True)
+
+    def unfuse_qkv_projections(self) -> None:
+        set_fused_projections(self, False)
 
     def enable_tiling(self) -> None:
         """Encode/decode images larger than a tile in overlapping blended tiles (not exact at seams)."""

@@ -31,6 +31,7 @@ from .folders import load_pipeline_components, save_pipeline
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 logger = logging.getLogger(__name__)
+_XFORMERS_NOTED: list[bool] = []  # the xformers note is logged once per process
 
 
 @dataclass
@@ -62,12 +63,16 @@ class VideoPipeline:
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *, torch_dtype: torch.dtype | None = None,
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *,
+                        torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
                         variant: str | None = None, **kwargs):
         """Load a diffusers-format pipeline folder or Hub id (``model_index.json`` + one subfolder per
-        component). ``variant="fp16"`` reads the ``*.fp16.*`` weight files; ``torch_dtype`` casts the
-        models. Keyword arguments named after a component (``scheduler=...``, ``unet=...``) replace
-        that component; ``cache_dir``, ``revision`` and ``local_files_only`` go to the Hub."""
+        component). ``variant="fp16"`` reads the ``*.fp16.*`` weight files where a component has them (a
+        variant no component has is an error); ``torch_dtype`` casts the models (one dtype, or a dict per
+        component with an optional ``"default"``). Keyword arguments named after a component
+        (``scheduler=...``, ``unet=...``) replace that component; ``cache_dir``, ``revision`` and
+        ``local_files_only`` go to the Hub; ``low_cpu_mem_usage`` is accepted (see
+        :func:`~videofusion.pipelines.folders.load_pipeline_components`)."""
         components = load_pipeline_components(pretrained_model_name_or_path, cls.component_names,
                                               torch_dtype=torch_dtype, variant=variant, **kwargs)
         return cls(**components)
@@ -202,16 +207,45 @@ class VideoPipeline:
                          mode: str = "max-autotune-no-cudagraphs", backend: str = "inductor") -> None:
         """Run the UNet on the fast path (:mod:`videofusion.runtime.fast`): fused attention projections,
         channels-last convolutions, ``torch.compile`` (``mode`` and ``backend`` are torch.compile's).
-        On by default when the pipeline runs on CUDA; the first call at a new size compiles (minutes
-        with autotuning; cached on disk for later processes). Same outputs up to rounding. Not
-        combinable with CPU offload, and the fused weights do not follow later weight updates: call
-        again after changing the UNet's weights."""
+        Off by default, as in diffusers: the first call at each new size compiles (minutes with
+        autotuning on a GPU; cached on disk for later processes), which pays off over many calls. Same
+        outputs up to rounding. Not combinable with CPU offload, and the fused weights do not follow later
+        weight updates: call again after changing the UNet's weights. CLI: ``--compile``."""
         fast = FastPath(fuse_qkv=fuse_qkv, channels_last=channels_last, compile=compile, mode=mode, backend=backend)
         self.placement.enable_fast_path(self.unet, fast)
 
     def disable_fast_path(self) -> None:
-        """Back to the plain eager UNet (and no automatic fast path on CUDA)."""
+        """Back to the plain eager UNet."""
         self.placement.disable_fast_path(self.unet)
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU on the UNet (:meth:`UNet3DConditionModel.enable_freeu`): diffusers' parameters and numbers."""
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self) -> None:
+        self.unet.disable_freeu()
+
+    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        """One matrix multiply for the q, k, v projections of every attention layer of the UNet and/or the
+        VAE (same outputs up to rounding; inference only), as diffusers' method of the same name."""
+        for model in ([self.unet] if unet else []) + ([self.vae] if vae else []):
+            model.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        for model in ([self.unet] if unet else []) + ([self.vae] if vae else []):
+            model.unfuse_qkv_projections()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Accepted for scripts written for diffusers. videofusion's attention always runs on PyTorch's
+        fused ``scaled_dot_product_attention`` (memory-efficient and flash kernels included), so there is
+        nothing to switch: this logs that once and changes nothing. xformers is not needed."""
+        if not _XFORMERS_NOTED:
+            _XFORMERS_NOTED.append(True)
+            logger.info("enable_xformers_memory_efficient_attention: videofusion's attention already uses "
+                        "PyTorch's fused scaled_dot_product_attention; nothing to change, xformers not needed")
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Accepted for scripts written for diffusers; changes nothing (see the enable method)."""
 
     # ------------------------------------------------------------------ the steps of a call
     def check_inputs(self, settings: GenerationSettings, prompt, negative_prompt, generator, latents,
@@ -326,7 +360,7 @@ class VideoPipeline:
         self.placement.onload(self.unet)
         window = settings.long_video
         self.unet.set_temporal_window(*((window.window, window.stride) if window else (None,)))
-        unet = self.placement.unet_forward(self.unet, latents.device)
+        unet = self.placement.unet_forward(self.unet)
         order = self.scheduler.order
         num_warmup_steps = len(timesteps) - settings.num_inference_steps * order
         try:

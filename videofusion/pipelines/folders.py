@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -42,43 +42,67 @@ def _component_loaders() -> dict[str, Any]:
     return loaders
 
 
-def load_pipeline_components(path_or_id: str, names: Iterable[str], *, torch_dtype: torch.dtype | None = None,
+def load_pipeline_components(path_or_id: str, names: Iterable[str], *,
+                             torch_dtype: torch.dtype | Mapping[str, torch.dtype] | None = None,
                              variant: str | None = None, cache_dir: str | None = None,
                              revision: str | None = None, local_files_only: bool | None = None,
-                             **overrides: Any) -> dict[str, Any]:
+                             low_cpu_mem_usage: bool = True, **overrides: Any) -> dict[str, Any]:
     """Load the components ``names`` of a pipeline folder or Hub id.
 
-    ``overrides`` maps component names to ready objects that replace the folder's
-    (``scheduler=DPMSolverMultistepScheduler(...)``); any other keyword is an error.
+    ``torch_dtype``: one dtype for every model, or as in diffusers a dict per component name with an
+    optional ``"default"`` (``{"unet": torch.float16, "default": torch.float32}``). ``variant``: each
+    component loads that variant's weights where it has them and its plain weights otherwise; a variant
+    that no component has is an error (as in diffusers). ``low_cpu_mem_usage`` is accepted for diffusers'
+    scripts: loading never builds random weights first, whatever its value. ``overrides`` maps component
+    names to ready objects that replace the folder's (``scheduler=DPMSolverMultistepScheduler(...)``); any
+    other keyword is an error.
     """
     names = tuple(names)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise TypeError(f"from_pretrained: unexpected keyword argument(s) {unknown}; components are "
-                        f"{list(names)}, options are torch_dtype, variant, cache_dir, revision, local_files_only")
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise TypeError(f"torch_dtype: must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
+                        f"{list(names)}, options are torch_dtype, variant, cache_dir, revision, local_files_only, "
+                        "low_cpu_mem_usage")
+    dtypes = _component_dtypes(torch_dtype, names)
     folder = resolve_pretrained(path_or_id, variant=variant, cache_dir=cache_dir, revision=revision,
                                 local_files_only=local_files_only)
     index = read_model_index(folder)
     loaders = _component_loaders()
-    components = {}
-    for name in names:
-        if name in overrides:
-            components[name] = overrides[name]
-            continue
+    to_load = [name for name in names if name not in overrides]
+    for name in to_load:
         entry = index.get(name)
         if not entry or entry[1] is None:
             raise ValueError(f"{folder}/model_index.json: component {name!r} is missing; it lists "
                              f"{sorted(k for k in index if not k.startswith('_'))}")
-        class_name = entry[1]
-        if class_name not in loaders:
-            raise ValueError(f"{folder}/model_index.json: component {name!r} has class {class_name!r}, which "
+        if entry[1] not in loaders:
+            raise ValueError(f"{folder}/model_index.json: component {name!r} has class {entry[1]!r}, which "
                              f"videofusion cannot load; supported: {sorted(loaders)}")
         if not (Path(folder) / name).is_dir():
             raise FileNotFoundError(f"{folder}: component folder {name!r} listed in model_index.json is missing")
-        components[name] = loaders[class_name](folder, name, torch_dtype, component_variant(folder, name, variant))
-    return components
+    variants = {name: component_variant(folder, name, variant) for name in to_load}
+    if variant is not None and not any(variants.values()):
+        raise ValueError(f"variant: no component of {folder} has weight files of variant {variant!r} (loading "
+                         "it would silently give the plain weights); drop variant= or check its spelling")
+    components = {name: overrides[name] for name in names if name in overrides}
+    for name in to_load:
+        components[name] = loaders[index[name][1]](folder, name, dtypes.get(name), variants[name])
+    return {name: components[name] for name in names}
+
+
+def _component_dtypes(torch_dtype, names: tuple[str, ...]) -> dict[str, torch.dtype | None]:
+    """The dtype of each component from ``torch_dtype``: one dtype, or a dict by component name with an
+    optional ``"default"``."""
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        return {name: torch_dtype for name in names}
+    if not isinstance(torch_dtype, Mapping):
+        raise TypeError(f"torch_dtype: must be a torch.dtype such as torch.float16, or a dict of them by component "
+                        f"name, got {torch_dtype!r}")
+    unknown = sorted(set(torch_dtype) - set(names) - {"default"})
+    bad = {k: v for k, v in torch_dtype.items() if not isinstance(v, torch.dtype)}
+    if unknown or bad:
+        raise TypeError(f"torch_dtype: a dict's keys must be components {list(names)} or 'default' and its values "
+                        f"torch dtypes; got unknown keys {unknown}, values {bad}")
+    return {name: torch_dtype.get(name, torch_dtype.get("default")) for name in names}
 
 
 def native_geometry(folder: str | os.PathLike) -> tuple[int, int]:
@@ -91,13 +115,12 @@ def native_geometry(folder: str | os.PathLike) -> tuple[int, int]:
 
 
 def component_variant(folder: str | os.PathLike, name: str, variant: str | None) -> str | None:
-    """``variant`` if the component has weights of that variant, else ``None`` (its plain weights), as
-    diffusers' pipelines do: a folder may ship fp16 files for some components only."""
+    """``variant`` if the component has weights of that variant, else ``None`` (its plain weights, or it
+    has no weights: a tokenizer, a scheduler), as diffusers' pipelines do: a folder may ship fp16 files for
+    some components only."""
     if variant is None:
         return None
-    files = os.listdir(Path(folder) / name)
-    has_weights = any(select_weight_files(files, v) for v in (variant, None))
-    return variant if not has_weights or select_weight_files(files, variant) else None
+    return variant if select_weight_files(os.listdir(Path(folder) / name), variant) else None
 
 
 def _library_of(obj: Any) -> str:

@@ -33,7 +33,6 @@ class Placement:
     def __init__(self) -> None:
         self.offload: Offload | None = None
         self.fast: FastPath | None = None
-        self.fast_auto = True  # turn the fast path on at the first call on CUDA
 
     @property
     def offload_device(self) -> torch.device | None:
@@ -76,15 +75,11 @@ class Placement:
         self.fast = fast.apply(unet)
 
     def disable_fast_path(self, unet: nn.Module) -> None:
-        """Back to the plain eager UNet, and no automatic fast path on CUDA."""
+        """Back to the plain eager UNet."""
         if self.fast is not None:
             self.fast.remove(unet)
             self.fast = None
-        self.fast_auto = False
 
-    def unet_forward(self, unet: nn.Module, device: torch.device) -> Callable:
-        """The UNet callable of a call on ``device``: the fast path when enabled, or automatically on
-        CUDA with resident models."""
-        if self.fast is None and self.fast_auto and device.type == "cuda" and self.offload is None:
-            self.fast = FastPath().apply(unet)
+    def unet_forward(self, unet: nn.Module) -> Callable:
+        """The UNet callable of a call: the fast path's when it is on, else the UNet itself."""
         return self.fast.forward(unet) if self.fast is not None else unet
