@@ -40,11 +40,15 @@ def diffusers_twin(cls: type):
     return getattr(diffusers, cls.__name__)
 
 
-def run(scheduler, num_inference_steps: int, seed: int | None = None, sample: torch.Tensor | None = None,
-        **step_kwargs) -> dict:
+def run(scheduler, num_inference_steps: int | None, seed: int | None = None, sample: torch.Tensor | None = None,
+        schedule: dict | None = None, **step_kwargs) -> dict:
     """Sample with ``toy_model``: returns timesteps, init_noise_sigma, every scaled model input,
-    every step's prev_sample and pred_original_sample. ``seed`` makes a torch.Generator passed to step."""
-    scheduler.set_timesteps(num_inference_steps)
+    every step's prev_sample and pred_original_sample. ``seed`` makes a torch.Generator passed to step;
+    ``schedule``: set_timesteps keywords (e.g. custom ``timesteps``) used instead of num_inference_steps."""
+    if schedule is None:
+        scheduler.set_timesteps(num_inference_steps)
+    else:
+        scheduler.set_timesteps(**schedule)
     x = (initial_sample() if sample is None else sample) * scheduler.init_noise_sigma
     if seed is not None:
         step_kwargs["generator"] = torch.Generator().manual_seed(seed)

@@ -13,19 +13,27 @@ automatically (family base classes opt out with ``register=False``).
 
 Config semantics follow diffusers' ``ConfigMixin`` so that schedulers swap both ways:
 
-* ``Scheduler(**config)``: keys the class does not read are ignored; keys it reads but were not
+* ``Scheduler(**config)``: keys the class does not read are ignored (with a warning, unless private
+  ``_name`` keys; diffusers raises TypeError there, see ``__init__``); keys it reads but were not
   given take the class defaults and are listed in ``config["_use_default_values"]``.
-* ``from_config(config)``: keys listed in ``config["_use_default_values"]`` are dropped (so
-  ``DPMSolverMultistepScheduler.from_config(ddim.config)`` uses DPM's own default for a key the
+* ``from_config(config, **overrides)``: keys listed in ``config["_use_default_values"]`` are dropped
+  (so ``DPMSolverMultistepScheduler.from_config(ddim.config)`` uses DPM's own default for a key the
   checkpoint never set); keys the class does not read are kept in ``.config`` untouched ("hidden"
   keys), so ``DDIMScheduler.from_config(Euler.from_config(ddim.config).config)`` gets
-  ``clip_sample`` etc. back.
+  ``clip_sample`` etc. back. A class acts only on the keys it owns (``defaults``; optional reads go
+  through :attr:`Scheduler.own_config`), with the one exception diffusers makes too: respaced noise
+  levels are bounded by ``sigma_min`` / ``sigma_max`` even as hidden keys (:func:`.sigmas.respacing_bounds`).
+  Overrides that are not keys of the class are ignored with a warning (diffusers ignores them silently).
+* ``load_config`` / ``save_config`` / ``from_pretrained`` / ``save_pretrained`` read and write
+  ``scheduler_config.json`` as diffusers' ``ConfigMixin`` does.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,15 +41,22 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..io.files import DIFFUSERS_VERSION
-from ..outputs import Output
+from ..io.files import DIFFUSERS_VERSION, read_json
 from ..io.hub import resolve_pretrained
+from ..io.saving import atomic_write_text
+from ..outputs import Output
 from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, rescale_zero_terminal_snr
 
 CONFIG_NAME = "scheduler_config.json"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# load_config's Hub options: the ones resolve_pretrained takes, and the ones diffusers takes that do not apply here
+# (the token comes from the environment / huggingface-cli login; downloads are never forced)
+_HUB_KWARGS = ("cache_dir", "revision", "local_files_only")
+_IGNORED_HUB_KWARGS = ("force_download", "proxies", "token", "mirror", "user_agent", "local_dir",
+                       "local_dir_use_symlinks", "resume_download")
 
 _REGISTRY: list[type["Scheduler"]] = []
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class SchedulerConfig(dict):
@@ -94,11 +109,15 @@ class Scheduler:
     ``set_timesteps``), ``init_noise_sigma`` (std of the initial noise).
     """
 
+    config_name = CONFIG_NAME
     defaults: dict[str, Any] = {}  # every config key the class reads -> diffusers' default for that class
     choices: dict[str, tuple] = {"beta_schedule": BETA_SCHEDULES, "prediction_type": PREDICTION_TYPES,
                                  "timestep_spacing": TIMESTEP_SPACINGS}
     order: int = 1
     accepts_eta: bool = False  # True where step() takes eta (DDIM); the pipeline passes eta only then
+    # step(return_dict=False) returns (prev_sample, pred_original_sample) where diffusers' class of the same
+    # name does, else (prev_sample,)
+    step_returns_x0: bool = True
     init_noise_sigma: float = 1.0
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
@@ -108,10 +127,19 @@ class Scheduler:
             _REGISTRY.append(cls)
 
     def __init__(self, **config: Any):
+        """``config``: the class's keys (``defaults``). Private keys (``_diffusers_version``... of a json
+        passed as ``**json``) are kept in ``.config``, as diffusers keeps them. Other keys are ignored with a
+        warning: deliberately laxer than diffusers (TypeError there), as we do not read every option
+        diffusers' class takes (e.g. flow-matching ``flow_shift``), so rejecting unknown keys would reject
+        calls that work in diffusers."""
+        unknown = sorted(k for k in config if k not in self.defaults and not k.startswith("_"))
+        if unknown:
+            _warn(f"{type(self).__name__}: ignoring {unknown}, which are not config keys of this class")
         values = {k: _plain(config[k]) if k in config else _plain(v) for k, v in self.defaults.items()}
         self._validate(values)
         used_defaults = sorted(k for k in self.defaults if k not in config)
-        meta = {"_class_name": type(self).__name__}
+        private = {k: v for k, v in config.items() if k.startswith("_") and k != "_use_default_values"}
+        meta = {**private, "_class_name": type(self).__name__}
         if used_defaults:
             meta["_use_default_values"] = used_defaults
         self.config = SchedulerConfig({**meta, **values})
@@ -141,66 +169,120 @@ class Scheduler:
         if tb is not None and len(tb) != n:
             raise ValueError(f"trained_betas has {len(tb)} values but num_train_timesteps is {n}")
 
+    @property
+    def own_config(self) -> SchedulerConfig:
+        """The config keys this class owns (``defaults``), without the hidden keys kept for other classes.
+        Optional reads (``.get``) go through this, so another class's key (e.g. DPM-Solver's
+        ``use_lu_lambdas`` in UniPC's config) never acts here, as in diffusers (whose exception, the respacing
+        bounds, is :func:`.sigmas.respacing_bounds`)."""
+        return SchedulerConfig({k: self.config[k] for k in self.defaults})
+
     # --------------------------------------------------------------- config in and out
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "Scheduler":
+    def from_config(cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False,
+                    **kwargs: Any) -> "Scheduler" | tuple["Scheduler", dict[str, Any]]:
         """Build from a diffusers scheduler config dict (ours, diffusers' FrozenDict or a parsed
-        ``scheduler_config.json``), possibly another scheduler's. ``overrides`` must be keys this
-        class reads (TypeError otherwise) and win over ``config``."""
+        ``scheduler_config.json``), possibly another scheduler's.
+
+        ``kwargs`` that are keys of this class win over ``config``; others are ignored with a warning
+        (diffusers ignores them silently). With ``return_unused_kwargs`` returns ``(scheduler, unused)``,
+        ``unused`` being the ignored kwargs plus the config's keys this class does not read, as diffusers.
+        """
+        if config is None:
+            raise ValueError("Please make sure to provide a config as the first positional argument.")
         if not isinstance(config, Mapping):
-            raise TypeError(f"config must be a mapping (e.g. scheduler.config), got {type(config).__name__}")
-        unknown = sorted(set(overrides) - set(cls.defaults))
+            raise TypeError(f"config must be a mapping (e.g. scheduler.config), got {type(config).__name__}; "
+                            f"to read a file or folder use {cls.__name__}.from_pretrained")
+        unknown = {k: v for k, v in kwargs.items() if k not in cls.defaults}
         if unknown:
-            raise TypeError(f"{cls.__name__}.from_config got unknown config keys {unknown}; "
-                            f"accepted: {sorted(cls.defaults)}")
+            _warn(f"{cls.__name__}.from_config: ignoring {sorted(unknown)}, which are not config keys of this "
+                  f"class (accepted: {sorted(cls.defaults)})")
         used_defaults = set(config.get("_use_default_values", ()))
         source = {k: v for k, v in config.items() if k not in used_defaults and k != "_use_default_values"}
         init = {k: source[k] for k in cls.defaults if k in source}
-        init.update(overrides)
+        init.update({k: v for k, v in kwargs.items() if k in cls.defaults})
         scheduler = cls(**init)
         hidden = {k: v for k, v in source.items() if k not in init}
         hidden.pop("_class_name", None)
         if hidden:
             scheduler.config = SchedulerConfig({**scheduler.config, **hidden})
+        if return_unused_kwargs:
+            return scheduler, {**unknown, **hidden}
         return scheduler
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "Scheduler":
-        """Load ``<path>/<subfolder>/scheduler_config.json``. A path that is not a local folder is
-        resolved as a Hub id by :func:`videofusion.io.hub.resolve_pretrained`."""
-        root = Path(path)
-        if not root.is_dir():
-            root = Path(resolve_pretrained(str(path), subfolder=subfolder))
-        folder = root / subfolder if subfolder else root
-        file = folder / CONFIG_NAME
-        if not file.is_file():
-            there = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} (it holds {there})")
-        with open(file, encoding="utf-8") as f:
-            return cls.from_config(json.load(f))
+    def load_config(cls, pretrained_model_name_or_path: str | os.PathLike | Mapping[str, Any],
+                    return_unused_kwargs: bool = False, return_commit_hash: bool = False,
+                    **kwargs: Any) -> dict[str, Any] | tuple:
+        """The ``scheduler_config.json`` dict of a folder (``<path>/<subfolder>``, else ``<path>``, as
+        diffusers looks), a json file, a Hub id (``subfolder``, ``cache_dir``, ``revision``,
+        ``local_files_only``; diffusers' other Hub options are accepted and ignored) or a mapping (copied).
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``scheduler_config.json`` (atomically) into ``save_directory``, in the format diffusers
-        reads (``_class_name``, ``_diffusers_version``, sorted keys). Returns the file's path."""
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        As diffusers' ``ConfigMixin.load_config``: returns the dict, or ``(dict, unused_kwargs)`` /
+        ``(dict, commit_hash)`` / ``(dict, unused_kwargs, commit_hash)`` per the two flags. OSError
+        (FileNotFoundError) when there is no config, OSError for a file that is not a JSON object.
+        """
+        subfolder = kwargs.pop("subfolder", None)
+        hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        for k in _IGNORED_HUB_KWARGS:
+            kwargs.pop(k, None)
+        file = None
+        if isinstance(pretrained_model_name_or_path, Mapping):
+            config = dict(pretrained_model_name_or_path)
+        else:
+            file = _config_file(pretrained_model_name_or_path, subfolder, cls.config_name, hub)
+            try:
+                config = read_json(file.parent, file.name)
+            except ValueError as e:  # diffusers: EnvironmentError for a file that is not JSON
+                raise OSError(f"It looks like the config file at '{file}' is not a valid JSON file: {e}") from None
+        if not (return_unused_kwargs or return_commit_hash):
+            return config
+        outputs: tuple = (config,)
+        if return_unused_kwargs:
+            outputs += (kwargs,)
+        if return_commit_hash:
+            outputs += (_commit_hash(file),)
+        return outputs
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+                        return_unused_kwargs: bool = False, **kwargs: Any):
+        """Load ``<path>/<subfolder>/scheduler_config.json`` (:meth:`load_config`; a path that is not a
+        local folder or file is a Hub id, see :func:`videofusion.io.hub.resolve_pretrained`). Other
+        ``kwargs`` override config keys, as in diffusers (``from_pretrained(path, timestep_spacing=...)``)."""
+        config, kwargs = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, return_unused_kwargs=True,
+                                         **kwargs)
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def to_json_string(self) -> str:
+        """The ``scheduler_config.json`` text diffusers writes: the config with ``_class_name`` and
+        ``_diffusers_version``, sorted keys, without ``_use_default_values``."""
         data = {k: v for k, v in self.config.items() if k != "_use_default_values"}
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_VERSION
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        target = folder / CONFIG_NAME
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".scheduler_config.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a config file is meant to be shared
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Path:
+        """Write ``scheduler_config.json`` (atomically) into ``save_directory`` (created if missing), in the
+        format diffusers reads (:meth:`to_json_string`). Returns the file's path. As diffusers:
+        AssertionError when ``save_directory`` is a file. ``push_to_hub=True`` is not supported
+        (NotImplementedError: upload the folder with ``huggingface_hub``); other ``kwargs`` (its options)
+        are ignored."""
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub is not supported: save the folder, then upload it with "
+                                      "huggingface_hub.upload_folder")
+        if os.path.isfile(save_directory):
+            raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / self.config_name
+        atomic_write_text(target, self.to_json_string())
         return target
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Path:
+        """Save the config (a scheduler has no weights): :meth:`save_config`."""
+        return self.save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     @property
     def compatibles(self) -> list[type["Scheduler"]]:
@@ -231,9 +313,10 @@ class Scheduler:
             raise ValueError(f"{type(self).__name__}.step called before set_timesteps(num_inference_steps)")
 
     def _output(self, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None, return_dict: bool):
+        """``step``'s result: SchedulerOutput, or the tuple diffusers' class returns (``step_returns_x0``)."""
         if return_dict:
             return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-        return (prev_sample, pred_original_sample)
+        return (prev_sample, pred_original_sample) if self.step_returns_x0 else (prev_sample,)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, with
@@ -296,6 +379,42 @@ class Scheduler:
         """Forget the step and begin index (a new schedule starts at its first timestep)."""
         self._step_index = None
         self._begin_index = None
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside this package (the user's line)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def _config_file(path: str | os.PathLike, subfolder: str | None, name: str, hub: dict[str, Any]) -> Path:
+    """Where ``load_config`` reads: ``path`` itself if a file; in a local folder ``path/subfolder/name``, else
+    ``path/name`` (diffusers' order); else ``path`` is a Hub id, resolved by ``resolve_pretrained``.
+    FileNotFoundError naming the folder and what it holds when the file is missing."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        return local
+    if local.is_dir():
+        if subfolder and (local / subfolder / name).is_file():
+            return local / subfolder / name
+        if (local / name).is_file():
+            return local / name
+        folder = local / subfolder if subfolder and (local / subfolder).is_dir() else local
+    else:
+        folder = Path(resolve_pretrained(str(path), subfolder=subfolder, **hub))
+        folder = folder / subfolder if subfolder else folder
+        if (folder / name).is_file():
+            return folder / name
+    there = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise FileNotFoundError(f"no {name} in {folder} (it holds {there})")
+
+
+def _commit_hash(file: Path | None) -> str | None:
+    """The Hub commit of a file in the Hub cache (``.../snapshots/<40 hex>/...``), else None (as diffusers)."""
+    found = re.search(r"snapshots/([0-9a-f]{40})/", file.as_posix()) if file is not None else None
+    return found.group(1) if found else None
 
 
 def _plain(value: Any) -> Any:

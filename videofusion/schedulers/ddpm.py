@@ -6,7 +6,7 @@ import torch
 from ..noise import randn
 from .config import Scheduler
 from .predictions import predict_x0_eps, threshold_or_clip
-from .schedules import rounded_timesteps
+from .schedules import check_custom_timesteps, rounded_timesteps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 
@@ -29,10 +29,11 @@ def ddpm_noise_scale(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, 
     """Standard deviation of the added noise (Ho et al. 2020 sec. 3.2; learned variants: Nichol &
     Dhariwal 2021 eq. 15). ``fixed_small``: posterior variance beta~_t (clamped at 1e-20);
     ``fixed_large``: beta_t; ``learned``: the model's predicted variance (not its sqrt, as in
-    diffusers); ``learned_range``: log-interpolation between the two driven by the model."""
+    diffusers); ``learned_range``: log-interpolation between the two driven by the model. None (the value
+    a DPM-Solver config carries) acts as ``fixed_small``, as in diffusers."""
     current_beta_t = 1 - alpha_prod_t / alpha_prod_prev
     variance = torch.clamp((1 - alpha_prod_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
-    if variance_type == "fixed_small":
+    if variance_type in ("fixed_small", None):
         return variance ** 0.5
     if variance_type == "fixed_small_log":
         return torch.exp(0.5 * torch.log(variance))
@@ -50,20 +51,42 @@ class DDPMScheduler(Scheduler):
     """DDPM ancestral sampler: every step draws fresh noise (except the last, at t = 0).
 
     Config keys and defaults are diffusers' ``DDPMScheduler``'s. ``variance_type`` "learned" /
-    "learned_range" expect a model output with twice the sample's channels (mean, variance).
+    "learned_range" expect a model output with twice the sample's channels (mean, variance); None (from a
+    DPM-Solver config) is "fixed_small", as in diffusers. Not accepted (ValueError), deliberately stricter than
+    diffusers: "fixed_large_log" (diffusers takes the square root of a log variance: NaN noise) and unknown
+    names (diffusers silently samples them as "fixed_small").
     """
 
     defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     trained_betas=None, variance_type="fixed_small", clip_sample=True, prediction_type="epsilon",
                     thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0,
                     sample_max_value=1.0, timestep_spacing="leading", steps_offset=0, rescale_betas_zero_snr=False)
-    choices = {**Scheduler.choices, "variance_type": VARIANCE_TYPES,
+    choices = {**Scheduler.choices, "variance_type": (*VARIANCE_TYPES, None),
                "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")}
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Integer timesteps (int64, descending), spaced per ``timestep_spacing``; linspace rounded."""
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.custom_timesteps = False  # True after set_timesteps(timesteps=...)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
+                      timesteps: list[int] | None = None) -> None:
+        """Integer timesteps (int64, descending), spaced per ``timestep_spacing`` (linspace rounded), or the
+        custom ``timesteps`` (strictly descending, below num_train_timesteps; then ``num_inference_steps``
+        must be None and is left as it was, as in diffusers)."""
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None:
+            custom = check_custom_timesteps(timesteps, self.config.num_train_timesteps)
+            self.timesteps = torch.from_numpy(custom).to(device)
+            self.custom_timesteps = True
+            return
         self.timesteps = rounded_timesteps(self.config, num_inference_steps, device)
         self.num_inference_steps = num_inference_steps
+        self.custom_timesteps = False
+
+    def _require_timesteps(self) -> None:
+        if not self.custom_timesteps:
+            super()._require_timesteps()
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The timestep after ``timestep`` in the schedule, or -1 after the last one."""

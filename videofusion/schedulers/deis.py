@@ -16,6 +16,7 @@ from .multistep import (
     data_prediction,
     half_log_snr,
     multistep_order,
+    reject_mu,
     sigma_spacing_of,
     vp_alpha_sigma,
 )
@@ -89,7 +90,7 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
 
     Config keys and defaults are diffusers'; `algorithm_type` / `solver_type` have one value each ('deis' /
     'logrho'; DPM-Solver's and UniPC's names map to them). The last sigma is the training minimum (the sampler
-    never reaches sigma 0), or the last respaced sigma repeated. Not implemented (ValueError): the UNSUPPORTED
+    never reaches sigma 0), or the last respaced sigma repeated. Not implemented (ValueError): the
     flow-matching options ('sde-dpmsolver++' has no DEIS counterpart either).
     """
 
@@ -110,11 +111,15 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
         "solver_type": {"midpoint": "logrho", "heun": "logrho", "bh1": "logrho", "bh2": "logrho"},
     }
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
+    def set_timesteps(
+        self, num_inference_steps: int, device: torch.device | str | None = None, mu: float | None = None
+    ) -> None:
+        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma). `mu`
+        (flow-matching dynamic shifting): UnsupportedOptionError, where diffusers fails an assert."""
+        reject_mu(mu)
         c = self.config
         timesteps, sigmas = self._spaced_schedule(num_inference_steps, c.timestep_spacing, c.steps_offset)
-        sigma_last = sigmas[-1] if sigma_spacing_of(c) else self._training_sigma_min()
+        sigma_last = sigmas[-1] if sigma_spacing_of(self.own_config) else self._training_sigma_min()
         self._set_schedule(timesteps, sigmas, sigma_last, device)
 
     def _noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,8 +15,11 @@ from .multistep import (
     half_log_snr,
     lambda_clipped_last_timestep,
     multistep_order,
+    reject_mu,
+    respacing_flag,
     vp_alpha_sigma,
 )
+from .schedules import check_schedule_args
 
 # ----------------------------------------------------------------------------------------------------
 # per-step math (torch; sigmas are 0-d float32 tensors)
@@ -129,8 +132,9 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
     first-order last step; `final_sigmas_type` 'zero' (the last step lands on x0, first order) or 'sigma_min';
     `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` / `use_lu_lambdas` respace the noise
     levels; `lambda_min_clipped` cuts the low-SNR end (for squaredcos_cap_v2). Not implemented (ValueError):
-    the deprecated noise-prediction 'dpmsolver' / 'sde-dpmsolver', and the UNSUPPORTED flow-matching and
-    learned-variance options.
+    the deprecated noise-prediction 'dpmsolver' / 'sde-dpmsolver', and the flow-matching and learned-variance
+    options (:func:`.multistep.reject_unsupported`; `variance_type` None or DDPM's values are accepted and
+    do nothing, as in diffusers).
     """
 
     defaults = dict(
@@ -152,14 +156,30 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"},
     }
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, one more: the final sigma)."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        mu: float | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, one more: the final sigma).
+
+        Exactly one of `num_inference_steps` or `timesteps` (custom training timesteps, cast to int64, their
+        sigmas interpolated; not with a respacing flag), as diffusers checks them. `mu` (flow-matching dynamic
+        shifting) is not supported: UnsupportedOptionError, where diffusers fails an assert.
+        """
+        reject_mu(mu)
         c = self.config
-        timesteps, sigmas = self._spaced_schedule(
-            num_inference_steps, c.timestep_spacing, c.steps_offset,
-            last_timestep=lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped),
-            round_timesteps=c.beta_schedule != "squaredcos_cap_v2",
-        )
+        check_schedule_args(num_inference_steps, timesteps, respacing_flag=respacing_flag(self.own_config))
+        if timesteps is not None:
+            timesteps, sigmas = self._custom_schedule(timesteps)
+        else:
+            timesteps, sigmas = self._spaced_schedule(
+                num_inference_steps, c.timestep_spacing, c.steps_offset,
+                last_timestep=lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped),
+                round_timesteps=c.beta_schedule != "squaredcos_cap_v2",
+            )
         sigma_last = 0 if c.final_sigmas_type == "zero" else self._training_sigma_min()
         self._set_schedule(timesteps, sigmas, sigma_last, device)
 

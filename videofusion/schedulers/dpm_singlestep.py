@@ -17,8 +17,11 @@ from .multistep import (
     data_prediction,
     half_log_snr,
     lambda_clipped_last_timestep,
+    reject_mu,
+    respacing_flag,
     vp_alpha_sigma,
 )
+from .schedules import check_schedule_args
 
 
 def singlestep_orders(num_steps: int, solver_order: int, lower_order_final: bool) -> list[int]:
@@ -87,7 +90,8 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
     'linspace'). `lower_order_final` is forced on, as diffusers does, when `num_inference_steps` is not a
     multiple of `solver_order` or the final sigma is 'zero' (the default); unlike diffusers the config is not
     rewritten, so the forcing is decided afresh at every `set_timesteps`. Not implemented (ValueError):
-    the deprecated noise-prediction 'dpmsolver', and the UNSUPPORTED flow-matching / learned-variance options.
+    the deprecated noise-prediction 'dpmsolver', and the flow-matching / learned-variance options
+    (:func:`.multistep.reject_unsupported`).
     """
 
     defaults = dict(
@@ -108,11 +112,28 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.sample: torch.Tensor | None = None  # the sample at the start of the current group
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Timesteps (int64, descending, on `device`), sigmas (float32 CPU, plus the final sigma), step orders."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        mu: float | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Timesteps (int64, descending, on `device`), sigmas (float32 CPU, plus the final sigma), step orders.
+
+        Exactly one of `num_inference_steps` or `timesteps` (custom training timesteps, cast to int64, their
+        sigmas interpolated; not with a respacing flag), as diffusers checks them. `mu`: UnsupportedOptionError
+        (flow-matching dynamic shifting; diffusers fails an assert).
+        """
+        reject_mu(mu)
         c = self.config
-        last_timestep = lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped)
-        timesteps, sigmas = self._spaced_schedule(num_inference_steps, last_timestep=last_timestep)
+        check_schedule_args(num_inference_steps, timesteps, respacing_flag=respacing_flag(self.own_config))
+        if timesteps is not None:
+            timesteps, sigmas = self._custom_schedule(timesteps)
+            num_inference_steps = len(timesteps)
+        else:
+            last_timestep = lambda_clipped_last_timestep(self.alphas_cumprod, c.lambda_min_clipped)
+            timesteps, sigmas = self._spaced_schedule(num_inference_steps, last_timestep=last_timestep)
         sigma_last = 0 if c.final_sigmas_type == "zero" else self._training_sigma_min()
         self._set_schedule(timesteps, sigmas, sigma_last, device)
         lower_order_final = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..noise import randn
+from .schedules import check_schedule_args
 from .sigmas import SigmaScheduler, sigma_predict_x0, sigma_spacing
 
 
@@ -40,15 +41,29 @@ class EulerDiscreteScheduler(SigmaScheduler):
     choices = {**SigmaScheduler.choices, "interpolation_type": ("linear", "log_linear"),
                "timestep_type": ("discrete", "continuous"), "final_sigmas_type": ("zero", "sigma_min")}
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Float32 timesteps (fractional for linspace / Karras) and their sigmas (+ a final one)."""
+    def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
+                      timesteps: list[float] | None = None, sigmas: list[float] | None = None) -> None:
+        """Float32 timesteps (fractional for linspace / Karras) and their sigmas (+ a final one).
+
+        Exactly one of ``num_inference_steps``, ``timesteps`` (custom training timesteps, descending; their
+        sigmas are interpolated, not with use_*_sigmas nor continuous v-prediction timesteps) or ``sigmas``
+        (custom noise levels, n+1 with the final one; timesteps follow from them), as diffusers checks them.
+        """
         c = self.config
-        if c.final_sigmas_type == "sigma_min":
-            sigma_last = (((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5).item()
+        check_schedule_args(num_inference_steps, timesteps, sigmas, self._respacing_flag())
+        if timesteps is not None and c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
+            raise ValueError("Cannot set `timesteps` with `config.timestep_type = 'continuous'` and "
+                             "`config.prediction_type = 'v_prediction'`.")
+        if sigmas is not None:
+            self._custom_sigma_schedule(sigmas, device)
         else:
-            sigma_last = 0.0
-        self._set_sigma_schedule(num_inference_steps, device, sigma_spacing(c), sigma_last, c.sigma_min, c.sigma_max,
-                                 c.interpolation_type)
+            if c.final_sigmas_type == "sigma_min":
+                sigma_last = (((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5).item()
+            else:
+                sigma_last = 0.0
+            spacing = None if timesteps is not None else sigma_spacing(c)
+            self._set_sigma_schedule(num_inference_steps, device, spacing, sigma_last, c.interpolation_type,
+                                     timesteps=timesteps)
         if c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
             self.timesteps = torch.Tensor([0.25 * s.log() for s in self.sigmas[:-1]]).to(device=device)
 

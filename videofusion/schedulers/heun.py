@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .schedules import check_schedule_args
 from .sigmas import SigmaScheduler, sigma_predict_x0, sigma_spacing
 
 
@@ -44,9 +45,18 @@ class HeunDiscreteScheduler(SigmaScheduler):
         """True when the next ``step`` is a predictor (first) evaluation."""
         return self.dt is None
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Timesteps [t0, t1, t1, t2, t2, ...] (float32) and sigmas [s0, s1, s1, ..., 0]."""
-        self._set_sigma_schedule(num_inference_steps, device, sigma_spacing(self.config))
+    def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
+                      num_train_timesteps: int | None = None, timesteps: list[float] | None = None) -> None:
+        """Timesteps [t0, t1, t1, t2, t2, ...] (float32) and sigmas [s0, s1, s1, ..., 0].
+
+        Exactly one of ``num_inference_steps`` or ``timesteps`` (custom training timesteps, descending; not
+        with use_*_sigmas), as diffusers checks them. ``num_train_timesteps`` (default: the config's) is the
+        range the steps are spaced over, not the training schedule, as in diffusers.
+        """
+        check_schedule_args(num_inference_steps, timesteps, respacing_flag=self._respacing_flag())
+        spacing = sigma_spacing(self.config) if timesteps is None else None
+        self._set_sigma_schedule(num_inference_steps, device, spacing, timesteps=timesteps,
+                                 num_train_timesteps=num_train_timesteps)
         sigmas, timesteps = self.sigmas, self.timesteps
         self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
         self.timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])

@@ -39,6 +39,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
                     trained_betas=None, use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False,
                     prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0)
     lms_order = 4  # diffusers' step(order=4) default; the pipeline never changes it
+    bounded_spacings = ("exponential", "beta")  # diffusers' LMS Karras sigmas ignore sigma_min / sigma_max
 
     def __init__(self, **config):
         super().__init__(**config)

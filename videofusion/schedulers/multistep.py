@@ -19,7 +19,7 @@ then returns the data prediction exactly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from .sigmas import (
     beta_sigmas,
     exponential_sigmas,
     karras_sigmas,
+    respacing_bounds,
     sigma_spacing,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -188,17 +189,44 @@ def sigma_spacing_of(config: Mapping[str, Any]) -> str | None:
 
 
 # diffusers options for flow-matching models and learned-variance outputs, which these schedulers do not
-# implement: the key is read (so a config asking for it fails loudly) and accepts this one value only.
-# (Their companions flow_shift, use_dynamic_shifting, time_shift_type, shift_terminal do nothing without
-# them and are not read.)
-UNSUPPORTED = {"use_flow_sigmas": False, "variance_type": None}
+# implement. ``use_flow_sigmas`` must be off. ``variance_type`` is DDPM's key too: diffusers' DPM-Solver acts
+# only on 'learned' / 'learned_range' (keeping the first 3 channels of the model output, an RGB pixel model's
+# mean), so every other value (DDPM's 'fixed_small', None) is accepted and does nothing, as there; the two
+# learned values are rejected rather than cutting a latent model's output to 3 channels. (The flow options'
+# companions flow_shift, use_dynamic_shifting, time_shift_type, shift_terminal do nothing without them and
+# are not read.)
+UNSUPPORTED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 def reject_unsupported(name: str, values: Mapping[str, Any]) -> None:
-    """ValueError for a diffusers option in UNSUPPORTED set to another value, rather than sampling differently."""
-    for key, only in UNSUPPORTED.items():
-        if values.get(key, only) != only:
-            raise ValueError(f"{name}: {key}={values[key]!r} is not supported (only {only!r})")
+    """ValueError for a diffusers option these schedulers do not implement (see UNSUPPORTED_VARIANCE_TYPES),
+    rather than sampling differently."""
+    if values.get("use_flow_sigmas", False):
+        raise ValueError(f"{name}: use_flow_sigmas={values['use_flow_sigmas']!r} is not supported (only False)")
+    if values.get("variance_type") in UNSUPPORTED_VARIANCE_TYPES:
+        raise ValueError(f"{name}: variance_type={values['variance_type']!r} is not supported (a learned variance; "
+                         "any other value, e.g. None or DDPM's 'fixed_small', is accepted and has no effect)")
+
+
+class UnsupportedOptionError(ValueError, AssertionError):
+    """An option diffusers rejects with an ``assert`` (so AssertionError there) and we with ValueError: it is
+    both, so code written against either catches it."""
+
+
+def reject_mu(mu: float | None) -> None:
+    """``set_timesteps(mu=...)``: diffusers' DPM-Solver and DEIS assert use_dynamic_shifting (a flow-matching
+    option, not implemented here) when ``mu`` is given; so do we (UnsupportedOptionError)."""
+    if mu is not None:
+        raise UnsupportedOptionError(f"set_timesteps(mu={mu!r}): mu is the dynamic time shift of flow-matching "
+                                     "models (use_dynamic_shifting), which this scheduler does not implement")
+
+
+def respacing_flag(config: Mapping[str, Any]) -> str | None:
+    """The config flag that respaces the noise levels ('use_karras_sigmas', 'use_lu_lambdas', ...) or None."""
+    spacing = sigma_spacing_of(config)
+    if spacing is None:
+        return None
+    return "use_lu_lambdas" if spacing == "lu" else f"use_{spacing}_sigmas"
 
 
 def multistep_order(solver_order: int, lower_order_nums: int, lower_final: bool, lower_second: bool) -> int:
@@ -221,10 +249,12 @@ class ExponentialIntegratorScheduler(Scheduler, register=False):
     applied before the config is read. ``__init__`` then nudges a zero-terminal-SNR schedule's last
     alphas_cumprod to 2**-24 (``rescale_betas_zero_snr``, so the first sigma stays finite) and sets the
     training sigmas (float32 CPU (T,), ascending in t) and an empty history (``_reset_history``). Config
-    checks: the UNSUPPORTED options and at most one noise-level spacing.
+    checks: the unsupported options (``reject_unsupported``) and at most one noise-level spacing.
+    ``step(return_dict=False)`` returns ``(prev_sample,)``, as diffusers' four classes do.
     """
 
     option_aliases: dict[str, dict[str, str]] = {}
+    step_returns_x0 = False
 
     def __init__(self, **config: Any):
         for key, aliases in self.option_aliases.items():
@@ -255,13 +285,22 @@ class ExponentialIntegratorScheduler(Scheduler, register=False):
         **schedule_kwargs: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, sigmas without the final one) of a run: ``multistep_timesteps`` then ``inference_schedule``
-        with the config's noise-level spacing (``schedule_kwargs``: its round_timesteps / sigma_min / sigma_max).
+        with the config's noise-level spacing between ``respacing_bounds`` (``schedule_kwargs``: round_timesteps).
         Validates the step count first."""
         check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         timesteps = multistep_timesteps(
             self.config.num_train_timesteps, num_inference_steps, timestep_spacing, steps_offset, last_timestep
         )
-        return inference_schedule(self.alphas_cumprod, timesteps, sigma_spacing_of(self.config), **schedule_kwargs)
+        sigma_min, sigma_max = respacing_bounds(self.config)
+        return inference_schedule(
+            self.alphas_cumprod, timesteps, sigma_spacing_of(self.own_config), sigma_min=sigma_min,
+            sigma_max=sigma_max, **schedule_kwargs
+        )
+
+    def _custom_schedule(self, timesteps: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, sigmas without the final one) of ``set_timesteps(timesteps=...)``: the given training
+        timesteps cast to int64 (not checked, as in diffusers) and the training sigmas interpolated there."""
+        return inference_schedule(self.alphas_cumprod, np.array(timesteps).astype(np.int64))
 
     def _set_schedule(
         self, timesteps: np.ndarray, sigmas: np.ndarray, sigma_last: float, device: torch.device | str | None

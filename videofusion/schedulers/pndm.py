@@ -49,6 +49,7 @@ class PNDMScheduler(Scheduler):
                     timestep_spacing="leading", steps_offset=0)
     choices = {**Scheduler.choices, "prediction_type": ("epsilon", "v_prediction")}
     pndm_order = 4
+    step_returns_x0 = False  # diffusers' step / step_prk / step_plms return (prev_sample,)
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -102,21 +103,22 @@ class PNDMScheduler(Scheduler):
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
-        """One PRK or PLMS stage at ``timestep`` (the current entry of ``timesteps``). Deterministic:
+        """One PRK or PLMS stage at ``timestep`` (the current entry of ``timesteps``): :meth:`step_prk` during
+        the Runge-Kutta warm-up, else :meth:`step_plms`, as diffusers dispatches. Deterministic:
         ``generator`` is accepted (the pipeline passes it to every scheduler) and not used.
 
         Returns SchedulerOutput(prev_sample, pred_original_sample=None) or the 1-tuple (prev_sample,).
         """
-        self._require_timesteps()
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
-            prev_sample = self._step_prk(model_output, timestep, sample)
-        else:
-            prev_sample = self._step_plms(model_output, timestep, sample)
-        self.counter += 1
-        return self._output(prev_sample, None, True) if return_dict else (prev_sample,)
+            return self.step_prk(model_output, timestep, sample, return_dict=return_dict)
+        return self.step_plms(model_output, timestep, sample, return_dict=return_dict)
 
-    def _step_prk(self, model_output, timestep, sample):
-        """Runge-Kutta warm-up (Liu et al. 2022, eq. 13): 4 model calls per step, at t, t-d/2, t-d/2, t-d."""
+    def step_prk(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+                 return_dict: bool = True):
+        """One stage of the Runge-Kutta warm-up (Liu et al. 2022, eq. 13): 4 model calls per step, at t,
+        t-d/2, t-d/2, t-d. model_output, sample: (b, c, f, h, w). Returns SchedulerOutput(prev_sample) or
+        (prev_sample,); ValueError before ``set_timesteps``."""
+        self._require_timesteps()
         diff_to_prev = 0 if self.counter % 2 else self.config.num_train_timesteps // self.num_inference_steps // 2
         prev_timestep = timestep - diff_to_prev
         timestep = self.prk_timesteps[self.counter // 4 * 4]
@@ -131,13 +133,19 @@ class PNDMScheduler(Scheduler):
             model_output = self.cur_model_output + 1 / 6 * model_output
             self.cur_model_output = 0
         cur_sample = self.cur_sample if self.cur_sample is not None else sample
-        return self._transfer(cur_sample, timestep, prev_timestep, model_output)
+        prev_sample = self._transfer(cur_sample, timestep, prev_timestep, model_output)
+        self.counter += 1
+        return self._output(prev_sample, None, return_dict)
 
-    def _step_plms(self, model_output, timestep, sample):
-        """Linear multistep (Liu et al. 2022, eq. 12); with skip_prk_steps the first step is a
-        predictor-corrector pair on the same timestep."""
+    def step_plms(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+                  return_dict: bool = True):
+        """One linear multistep stage (Liu et al. 2022, eq. 12); with skip_prk_steps the first step is a
+        predictor-corrector pair on the same timestep. model_output, sample: (b, c, f, h, w). Returns
+        SchedulerOutput(prev_sample) or (prev_sample,); ValueError before ``set_timesteps`` or, without
+        skip_prk_steps, before the 12 Runge-Kutta stages."""
+        self._require_timesteps()
         if not self.config.skip_prk_steps and len(self.ets) < 3:
-            raise ValueError("PNDMScheduler: PLMS steps need the 3 PRK warm-up steps first; "
+            raise ValueError("PNDMScheduler: PLMS steps need the 3 PRK warm-up steps (12 step_prk calls) first; "
                              "call step once per entry of timesteps, in order")
         step = self.config.num_train_timesteps // self.num_inference_steps
         prev_timestep = timestep - step
@@ -155,4 +163,6 @@ class PNDMScheduler(Scheduler):
             self.cur_sample = None
         else:
             model_output = plms_eps(self.ets)
-        return self._transfer(sample, timestep, prev_timestep, model_output)
+        prev_sample = self._transfer(sample, timestep, prev_timestep, model_output)
+        self.counter += 1
+        return self._output(prev_sample, None, return_dict)

@@ -92,6 +92,35 @@ def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int
                          f"got {num_inference_steps}")
 
 
+def check_schedule_args(num_inference_steps: int | None, timesteps: Any = None, sigmas: Any = None,
+                        respacing_flag: str | None = None) -> None:
+    """diffusers' checks of ``set_timesteps(num_inference_steps, timesteps=..., sigmas=...)`` (ValueError):
+    not both custom timesteps and sigmas, exactly one of the three, and no custom timesteps while the
+    config flag ``respacing_flag`` (e.g. 'use_karras_sigmas') respaces the noise levels."""
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("Only one of `timesteps` or `sigmas` should be set.")
+    if num_inference_steps is None and timesteps is None and sigmas is None:
+        raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps` or `sigmas`.")
+    if num_inference_steps is not None and (timesteps is not None or sigmas is not None):
+        raise ValueError("Can only pass one of `num_inference_steps` or `timesteps` or `sigmas`.")
+    if timesteps is not None and respacing_flag:
+        raise ValueError(f"Cannot set `timesteps` with `config.{respacing_flag} = True`.")
+
+
+def check_custom_timesteps(timesteps: Sequence[int] | np.ndarray | torch.Tensor,
+                           num_train_timesteps: int) -> np.ndarray:
+    """DDPM's ``set_timesteps(timesteps=...)`` as diffusers checks it: strictly descending (ValueError),
+    the first below ``num_train_timesteps`` (ValueError). Returns them as int64 numpy (n,)."""
+    values = np.array(timesteps)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-d sequence, got {timesteps!r}")
+    if np.any(values[1:] >= values[:-1]):
+        raise ValueError("`custom_timesteps` must be in descending order.")
+    if values[0] >= num_train_timesteps:
+        raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {num_train_timesteps}.")
+    return values.astype(np.int64)
+
+
 def rounded_timesteps(config: Any, num_inference_steps: int, device: torch.device | str | None = None) -> torch.Tensor:
     """The DDPM-family schedule: ``spaced_timesteps`` per the config's spacing and offset, rounded to
     int64 (descending) on ``device``; validates the step count first."""

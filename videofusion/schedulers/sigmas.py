@@ -78,6 +78,14 @@ def sigma_spacing(config: Mapping[str, Any]) -> str | None:
     return on[0] if on else None
 
 
+def respacing_bounds(config: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(sigma_min, sigma_max) bounding respaced (Karras / exponential / beta) noise levels; None: the
+    schedule's own ends. Read from the whole config, also where the class does not own the keys (a hidden
+    key from an Euler or UniPC config): diffusers' respacing reads them with ``hasattr(self.config, ...)`` in
+    every class (Heun, LMS, DPM-Solver, DEIS too), so the same config gives the same noise levels."""
+    return config.get("sigma_min"), config.get("sigma_max")
+
+
 def discrete_sigmas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray, spacing: str | None = None,
                     sigma_min: float | None = None, sigma_max: float | None = None,
                     interpolation_type: str = "linear") -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +142,10 @@ class SigmaScheduler(Scheduler, register=False):
     sigmas; ``set_timesteps`` is built from :meth:`_set_sigma_schedule`.
     """
 
+    # the noise-level respacings bounded by the config's sigma_min / sigma_max (``respacing_bounds``), as diffusers'
+    # class of the same name bounds them
+    bounded_spacings: tuple[str, ...] = ("karras", "exponential", "beta")
+
     def __init__(self, **config: Any):
         super().__init__(**config)
         sigma_spacing(self.config)  # validates the use_*_sigmas flags
@@ -147,22 +159,49 @@ class SigmaScheduler(Scheduler, register=False):
         self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
         self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
 
-    def _set_sigma_schedule(self, num_inference_steps: int, device: torch.device | str | None = None,
-                            spacing: str | None = None, sigma_last: float = 0.0, sigma_min: float | None = None,
-                            sigma_max: float | None = None, interpolation_type: str = "linear") -> None:
-        """Set ``timesteps`` (float32 on ``device``, spaced per the config's ``timestep_spacing`` and
-        ``steps_offset``, fractions kept) and ``sigmas`` (float32 CPU: ``discrete_sigmas`` with
-        ``spacing`` / ``sigma_min`` / ``sigma_max`` / ``interpolation_type``, then ``sigma_last``);
-        reset the step index. Validates the step count first."""
+    def _set_sigma_schedule(self, num_inference_steps: int | None, device: torch.device | str | None = None,
+                            spacing: str | None = None, sigma_last: float = 0.0, interpolation_type: str = "linear",
+                            timesteps: Any = None, num_train_timesteps: int | None = None) -> None:
+        """Set ``timesteps`` (float32 on ``device``, fractions kept) and ``sigmas`` (float32 CPU:
+        ``discrete_sigmas`` with ``spacing`` between ``respacing_bounds`` and ``interpolation_type``, then
+        ``sigma_last``); reset the step index. The timesteps are the custom ``timesteps`` (any 1-d sequence;
+        ``num_inference_steps`` becomes their count) or, after validating the step count, spaced per the
+        config's ``timestep_spacing`` and ``steps_offset`` over ``num_train_timesteps`` (default: the config's;
+        Heun's set_timesteps may pass another, as diffusers' does)."""
         c = self.config
-        check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        timesteps = spaced_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
-        sigmas, timesteps = discrete_sigmas(self.alphas_cumprod, timesteps.astype(np.float32), spacing, sigma_min,
-                                            sigma_max, interpolation_type)
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [sigma_last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
+        if timesteps is None:
+            check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+            timesteps = spaced_timesteps(num_train_timesteps or c.num_train_timesteps, num_inference_steps,
+                                         c.timestep_spacing, c.steps_offset)
+        else:
+            num_inference_steps = len(timesteps)
+        bounds = respacing_bounds(c) if spacing in self.bounded_spacings else (None, None)
+        sigmas, timesteps = discrete_sigmas(self.alphas_cumprod, np.array(timesteps).astype(np.float32), spacing,
+                                            *bounds, interpolation_type)
+        self._store_sigma_schedule(timesteps, np.concatenate([sigmas, [sigma_last]]), num_inference_steps, device)
+
+    def _store_sigma_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, num_inference_steps: int,
+                              device: torch.device | str | None = None) -> None:
+        """Keep a run's ``timesteps`` (float32 on ``device``, (n,)) and ``sigmas`` (float32 CPU, (n+1,) with
+        the final one) and reset the step index."""
+        self.sigmas = torch.from_numpy(np.asarray(sigmas).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(timesteps)).to(device=device, dtype=torch.float32)
         self.num_inference_steps = num_inference_steps
         self._reset_step_index()
+
+    def _custom_sigma_schedule(self, sigmas: Any, device: torch.device | str | None = None) -> None:
+        """``set_timesteps(sigmas=...)`` as diffusers' Euler: the given noise levels (descending, the final
+        one included, so n+1 of them) as float32, and the n timesteps whose training sigmas they are
+        (``sigma_to_t``, fractional)."""
+        sigmas = np.array(sigmas).astype(np.float32)
+        log_sigmas = np.log(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas[:-1]])
+        self._store_sigma_schedule(timesteps, sigmas, len(sigmas) - 1, device)
+
+    def _respacing_flag(self) -> str | None:
+        """The use_*_sigmas flag this class owns that is on, or None (custom timesteps exclude it)."""
+        spacing = sigma_spacing(self.own_config)
+        return f"use_{spacing}_sigmas" if spacing else None
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:

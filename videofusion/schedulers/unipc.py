@@ -102,7 +102,7 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
     'bh2', `predict_x0` data- or noise-prediction form, `disable_corrector` step indices whose predicted sample
     is not corrected at the next step, `lower_order_final` lowers the order on the last steps, `final_sigmas_type`,
     `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` with optional `sigma_min` / `sigma_max`.
-    Not implemented: the UNSUPPORTED flow-matching options (ValueError); `solver_p` (an external predictor) is not read.
+    Not implemented: the flow-matching options (ValueError); `solver_p` (an external predictor) is not read.
     """
 
     defaults = dict(
@@ -134,16 +134,27 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
             raise ValueError("predict_x0=False needs final_sigmas_type='sigma_min': the noise-prediction update is "
                              "undefined at sigma 0 (diffusers returns NaN there)")
 
-    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma)."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        sigmas: list[float] | None = None,
+        mu: float | None = None,
+    ) -> None:
+        """Timesteps (int64, descending, on `device`) and sigmas (float32 CPU, plus the final sigma).
+
+        As diffusers: custom `sigmas` are for flow-matching models only (ValueError here, as there without
+        use_flow_sigmas); `mu` (their dynamic time shift) has no effect without them and is ignored.
+        """
+        if sigmas is not None:
+            raise ValueError("Passing `sigmas` is only supported when `use_flow_sigmas=True` (flow-matching models), "
+                             f"which {type(self).__name__} does not implement.")
         c = self.config
-        timesteps, sigmas = self._spaced_schedule(
-            num_inference_steps, c.timestep_spacing, c.steps_offset, sigma_min=c.sigma_min, sigma_max=c.sigma_max
-        )
+        timesteps, sigmas = self._spaced_schedule(num_inference_steps, c.timestep_spacing, c.steps_offset)
         if c.final_sigmas_type == "zero":
             sigma_last = 0
         else:  # the respaced schedule ends on its own last sigma, the plain one on the training minimum
-            sigma_last = sigmas[-1] if sigma_spacing_of(c) else self._training_sigma_min()
+            sigma_last = sigmas[-1] if sigma_spacing_of(self.own_config) else self._training_sigma_min()
         self._set_schedule(timesteps, sigmas, sigma_last, device)
 
     def _convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:

@@ -254,6 +254,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     pipe.to(device)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     if config.scheduler:
+        unknown = sorted(set(config.scheduler) - set(type(pipe.scheduler).defaults))
+        if unknown:  # a typo here would silently train with the old schedule
+            raise ValueError(f"scheduler: {unknown} are not keys of {type(pipe.scheduler).__name__}; it has "
+                             f"{sorted(type(pipe.scheduler).defaults)}")
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **config.scheduler)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type = noise_scheduler.config.prediction_type
