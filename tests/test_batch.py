@@ -20,13 +20,18 @@ import torch
 
 from videofusion.apps.batch import BatchOptions, BatchWorker, run_batch, run_spec
 from videofusion.apps.batch_output import ERRORS, MANIFEST, OutputFolder, item_spec, plan
-from videofusion.apps.batch_items import PIPELINE_DEFAULTS, derive_seed, line_id, read_items
+from videofusion.apps.batch_items import (PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_PIPELINE_DEFAULTS, Defaults, derive_seed,
+                                          line_id, read_items)
 from videofusion.apps.main import main
 from videofusion.runtime.devices import default_threads
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'videofusion[distributed]')")
 FAST = {"num_frames": 2, "num_inference_steps": 2}
+
+
+def defaults(changes: dict | None = None) -> Defaults:
+    return Defaults({**PIPELINE_DEFAULTS, **(changes or {})}, {**VIDEO_TO_VIDEO_PIPELINE_DEFAULTS, **(changes or {})})
 
 
 def write_lines(path: Path, lines: list) -> Path:
@@ -55,7 +60,7 @@ def test_read_items_resolves_ids_seeds_and_settings(tmp_path):
         {"prompt": "a cyan line", "id": 7, "height": 64, "noise": "decomposed", "noise_ratio": 0.2},
         "# a comment",
     ])
-    items, errors = read_items(path, {**PIPELINE_DEFAULTS, "num_inference_steps": 3})
+    items, errors = read_items(path, defaults({"num_inference_steps": 3}))
     assert errors == []
     first, blue, cyan = items
     assert (first.line, first.id, blue.id, cyan.id) == (1, line_id(1), "blue", "7")
@@ -85,7 +90,7 @@ def test_read_items_resolves_ids_seeds_and_settings(tmp_path):
 ])
 def test_a_bad_line_is_reported_with_its_line_number(tmp_path, line, words):
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": "first", "id": "ok"}, line, {"prompt": "third"}])
-    items, errors = read_items(path, PIPELINE_DEFAULTS, geometry=(256, 8))  # the published checkpoints' sizes
+    items, errors = read_items(path, defaults(), geometry=(256, 8))  # the published checkpoints' sizes
     assert [i.line for i in items] == [1, 3]
     assert len(errors) == 1 and errors[0]["line"] == 2
     assert all(w in errors[0]["error"] for w in words), errors[0]
@@ -127,7 +132,7 @@ def test_plan_skips_complete_items_and_compacts_the_manifest(tmp_path, tiny_pipe
     model = shutil.copytree(tiny_pipeline_dir, tmp_path / "model")
     run = run_spec(BatchOptions(model=str(model)))
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": f"p{i}", "id": f"v{i}", **FAST} for i in range(5)])
-    items, _ = read_items(path, PIPELINE_DEFAULTS)
+    items, _ = read_items(path, defaults())
     out = tmp_path / "out"
     out.mkdir()
     records = []
@@ -161,8 +166,10 @@ def test_plan_skips_complete_items_and_compacts_the_manifest(tmp_path, tiny_pipe
 def test_worker_reports_a_failing_item_and_makes_the_others(tiny_pipeline_dir, models_one_thread):
     options = {**vars(BatchOptions(model=tiny_pipeline_dir)), "threads": 1}
     worker = BatchWorker(options)
-    good = {"id": "good", "prompt": "a red circle", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST}}
-    bad = {"id": "bad", "prompt": "x", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST, "num_frames": "two"}}
+    good = {"id": "good", "prompt": "a red circle", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST},
+            "video": None}
+    bad = {"id": "bad", "prompt": "x", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST, "num_frames": "two"},
+           "video": None}
     out = worker({"item": np.array([json.dumps(good), json.dumps(bad)])})
     assert out["id"] == ["good", "bad"]
     ok, failed = (json.loads(r) for r in out["result"])
@@ -175,6 +182,34 @@ def test_worker_reports_a_failing_item_and_makes_the_others(tiny_pipeline_dir, m
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("a red circle", generator=[torch.Generator().manual_seed(3)], **FAST).frames[0]
     assert hashlib.sha256(to_uint8_frames(frames).tobytes()).hexdigest() == ok["frames_sha256"]
+
+
+def test_items_with_a_video_are_video_to_video(tiny_pipeline_dir, tmp_path, models_one_thread):
+    from videofusion import VideoToVideoSDPipeline, export_to_gif
+    from videofusion.io.video import to_uint8_frames
+    (tmp_path / "in").mkdir()
+    source = np.random.default_rng(0).random((3, 16, 16, 3), dtype=np.float32)
+    export_to_gif(source, str(tmp_path / "in" / "clip.gif"), fps=4)
+    prompts = write_lines(tmp_path / "p.jsonl", [
+        {"prompt": "a blue circle", "id": "v2v", "video": "in/clip.gif", "strength": 0.5, "num_inference_steps": 4},
+        {"prompt": "x", "video": "in/missing.gif"}, {"prompt": "x", "strength": 0.5},
+        {"prompt": "x", "video": "in/clip.gif", "num_frames": 4}, {"prompt": "x", "video": "in/clip.gif", "strength": 0},
+    ])
+    items, errors = read_items(prompts, defaults())
+    assert [i.id for i in items] == ["v2v"] and items[0].video == str(tmp_path / "in" / "clip.gif")
+    assert items[0].settings["guidance_scale"] == 15.0  # video-to-video's default
+    assert [e["line"] for e in errors] == [2, 3, 4, 5]
+    assert "not a video file" in errors[0]["error"] and "only for an item with a video" in errors[1]["error"]
+    assert "strength" in errors[3]["error"]
+    worker = BatchWorker({**vars(BatchOptions(model=tiny_pipeline_dir)), "threads": 1})
+    out = worker({"item": np.array([json.dumps(vars(items[0]))])})
+    result = json.loads(out["result"][0])
+    assert "error" not in result and result["num_frames"] == 3
+    pipe = VideoToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a blue circle", video=str(tmp_path / "in" / "clip.gif"), strength=0.5, num_inference_steps=4,
+                  generator=[torch.Generator().manual_seed(items[0].seed)]).frames[0]
+    assert hashlib.sha256(to_uint8_frames(frames).tobytes()).hexdigest() == result["frames_sha256"]
 
 
 # ----------------------------------------------------------------------------- on a local Ray cluster

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from videofusion.demo import DEMO_MODEL_PATH
 from videofusion.runtime.devices import default_threads
 from videofusion.version import __version__
+
+
+DEMO_GIF = Path(__file__).resolve().parents[1] / "docs" / "demo.gif"  # the demo's "a red circle moving left"
 
 
 class Hub:
@@ -54,6 +58,13 @@ def commands(tiny: str, busy_port: int) -> dict[str, list[str]]:
         "version": ["--version"],
         "bad-choice": ["generate", "x", "--scheduler", "warp-drive"],
         "web-busy-port": ["web", "--port", str(busy_port), "--model", "/no/such/model"],
+        "two-stage": ["generate", "a red circle moving left", "--steps", "2", "--seed", "1", "-o", "two.mp4",
+                      "--refine-model", str(DEMO_MODEL_PATH), "--refine-size", "128x128", "--refine-strength", "0.5"],
+        "from-video": ["generate", "a blue circle moving left", "--init-video", str(DEMO_GIF), "--strength", "0.7",
+                       "--steps", "3", "-o", "blue.mp4"],
+        "strength-alone": [*gen, "--strength", "0.5"],
+        "bad-refine-size": [*gen, "--refine-model", tiny, "--refine-size", "128x"],
+        "missing-init-video": ["generate", "x", "--model", tiny, "--init-video", "nothere.mp4"],
     }
 
 
@@ -171,10 +182,10 @@ def test_batch_workers_default_to_the_thread_count_of_generate(tiny_pipeline_dir
 
 
 def test_json_errors_report_the_column_on_their_own_line(tmp_path):
-    from videofusion.apps.batch_items import PIPELINE_DEFAULTS, read_items
+    from videofusion.apps.batch_items import PIPELINE_DEFAULTS, Defaults, read_items
     line = '{"prompt": "a blue square moving up", "seed": 3, "num_inference_steps": 2'
     (tmp_path / "p.jsonl").write_text(line + "\n")
-    _, errors = read_items(tmp_path / "p.jsonl", PIPELINE_DEFAULTS)
+    _, errors = read_items(tmp_path / "p.jsonl", Defaults(PIPELINE_DEFAULTS, PIPELINE_DEFAULTS))
     assert errors[0]["error"] == f"not valid JSON: Expecting ',' delimiter (column {len(line) + 1})"
 
 
@@ -203,3 +214,18 @@ def test_a_prompt_longer_than_the_tokenizer_says_what_was_cut(tiny_pipeline_dir,
     with caplog.at_level("WARNING", logger="videofusion"):
         pipe("a red circle", num_frames=1, num_inference_steps=1, output_type="latent")
     assert "truncated" not in caplog.text
+
+
+def test_two_stages_and_a_video_to_start_from(runs):
+    import av
+    for name, size in (("two-stage", 128), ("from-video", 64)):
+        run = runs[name]
+        assert run["rc"] == 0, run
+        with av.open(str(run["cwd"] / ("two.mp4" if name == "two-stage" else "blue.mp4"))) as container:
+            stream = container.streams.video[0]
+            assert (stream.width, stream.height, stream.codec_context.name) == (size, size, "h264")
+            assert sum(1 for _ in container.decode(stream)) == 16
+    assert "refining" in runs["two-stage"]["err"] and "denoising" in runs["two-stage"]["err"]  # a bar per stage
+    assert "--strength: only with --init-video" in one_error_line(runs["strength-alone"])
+    assert "--refine-size" in one_error_line(runs["bad-refine-size"])
+    assert "nothere.mp4" in one_error_line(runs["missing-init-video"])

@@ -7,7 +7,7 @@ A drop-in for diffusers' ``TextToVideoSDPipeline``::
 from .models import AutoencoderKL, UNet3DConditionModel
 from .long_video import LongVideo
 from .noise import initial_latents
-from .pipelines import DiffusionPipeline, TextToVideoSDPipeline, TextToVideoSDPipelineOutput
+from .pipelines import DiffusionPipeline, TextToVideoSDPipeline, TextToVideoSDPipelineOutput, VideoToVideoSDPipeline
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -26,7 +26,7 @@ from .version import __version__
 
 
 __all__ = [
-    "AutoencoderKL", "UNet3DConditionModel", "TextToVideoSDPipeline", "TextToVideoSDPipelineOutput",
+    "AutoencoderKL", "UNet3DConditionModel", "TextToVideoSDPipeline", "TextToVideoSDPipelineOutput", "VideoToVideoSDPipeline",
     "DiffusionPipeline", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",

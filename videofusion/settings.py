@@ -18,7 +18,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["DEFAULTS", "GenerationSettings", "SettingError", "check_prompt", "is_count", "is_number"]
+__all__ = ["DEFAULTS", "VIDEO_TO_VIDEO_DEFAULTS", "GenerationSettings", "SettingError", "check_prompt", "is_count",
+           "is_number"]
 
 from .errors import SettingError
 from .long_video import LongVideo
@@ -57,6 +58,8 @@ class GenerationSettings:
     noise: ``"independent"`` (default) or VideoFusion's ``"decomposed"`` initial noise.
     noise_ratio: weight of the shared base noise for ``"decomposed"``, in [0, 1] (default 0.5).
     long_video: a :class:`~videofusion.long_video.LongVideo` (FreeNoise) or None (default).
+    strength: video-to-video only: how much of the schedule re-generates the input, in (0, 1] (default 0.6;
+        1 starts from pure noise, small values keep more of the input).
     """
 
     num_frames: int = 16
@@ -69,6 +72,7 @@ class GenerationSettings:
     noise: str = "independent"
     noise_ratio: float = 0.5
     long_video: LongVideo | None = None
+    strength: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "num_inference_steps"):
@@ -88,6 +92,8 @@ class GenerationSettings:
             raise SettingError("noise", self.noise, f"one of {', '.join(NOISE_MODES)}")
         if not is_number(self.noise_ratio) or not 0 <= self.noise_ratio <= 1:
             raise SettingError("noise_ratio", self.noise_ratio, "a number in [0, 1]")
+        if not is_number(self.strength) or not 0 < self.strength <= 1:
+            raise SettingError("strength", self.strength, "a number in (0, 1] (1: from pure noise)")
         if self.long_video is not None and not isinstance(self.long_video, LongVideo):
             raise TypeError(f"long_video: must be None or a videofusion.LongVideo(window=..., stride=...), "
                             f"got {type(self.long_video).__name__}")
@@ -122,3 +128,5 @@ class GenerationSettings:
 
 
 DEFAULTS = GenerationSettings()
+# diffusers' VideoToVideoSDPipeline guides harder by default (it re-generates a video that already has layout)
+VIDEO_TO_VIDEO_DEFAULTS = GenerationSettings(guidance_scale=15.0)

@@ -37,7 +37,8 @@ from ..pipelines.folders import native_geometry
 from ..runtime.devices import DTYPES, default_threads, pick_device, pick_dtype
 from ..errors import SettingError
 from ..settings import is_count, is_number
-from .batch_items import PIPELINE_DEFAULTS, Item, check_settings, read_items
+from .batch_items import (PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_SETTINGS, Defaults, Item,
+                          check_settings, read_items)
 from .batch_output import OutputFolder, item_spec, plan
 from .common import CLIError, add_runtime_arguments, model_defaults, model_folder, resolve_model, set_threads
 from .reaper import start_watchdog, stop_watchdog
@@ -107,7 +108,7 @@ class BatchOptions:
                 not (model_dir / "model_index.json").is_file():
             raise SettingError("model", self.model, "a pipeline folder (with a model_index.json) or a Hub id")
         check_settings(self.defaults)  # names a bad default before the model's defaults are merged in
-        settings = check_settings(resolve_defaults(self))
+        settings = check_settings(resolve_defaults(self).text_to_video)
         if self.geometry() is not None:
             settings.sized(*self.geometry())
 
@@ -118,9 +119,11 @@ class BatchOptions:
         return native_geometry(model_dir) if (model_dir / "model_index.json").is_file() else None
 
 
-def resolve_defaults(options: BatchOptions) -> dict[str, Any]:
-    """The settings an item starts from: pipeline defaults < the model's (demo) defaults < ``options.defaults``."""
-    return {**PIPELINE_DEFAULTS, **model_defaults(options.model), **options.defaults}
+def resolve_defaults(options: BatchOptions) -> Defaults:
+    """The settings items start from: the pipeline's defaults (text-to-video's, or video-to-video's for items
+    with a video) < the model's (demo) defaults < ``options.defaults``."""
+    return Defaults(*({**base, **model_defaults(options.model), **options.defaults}
+                      for base in (PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_PIPELINE_DEFAULTS)))
 
 
 def model_fingerprint(model: str) -> str | None:
@@ -151,7 +154,7 @@ class BatchWorker:
     count and size, seconds, worker, a SHA-256 of the uint8 frames, or ``error``) and ``mp4`` (bytes)."""
 
     def __init__(self, options: dict):
-        from ..pipelines import DiffusionPipeline
+        from ..pipelines import DiffusionPipeline, VideoToVideoSDPipeline
         from ..schedulers import make_scheduler
         self.threads = set_threads(options["threads"] or max(1, int(options["num_cpus_per_worker"])))
         # a worker Ray gave no GPU computes on the CPU; with GPUs, "auto" picks as everywhere
@@ -166,6 +169,8 @@ class BatchWorker:
             pipe.enable_fast_path()  # each worker compiles at its first item of each size
         pipe.set_progress_bar_config(disable=True)
         self.pipe, self.fps = pipe, options["fps"]
+        self.video_pipe = VideoToVideoSDPipeline(**pipe.components)
+        self.video_pipe.set_progress_bar_config(disable=True)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def generate(self, item: dict) -> tuple[dict, bytes]:
@@ -175,7 +180,13 @@ class BatchWorker:
         from ..io.video import export_to_video, to_uint8_frames
         t0 = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(item["seed"])
-        frames = self.pipe(item["prompt"], generator=[generator], **item["settings"]).frames[0]
+        settings = item["settings"]
+        if item["video"] is None:
+            call = {k: v for k, v in settings.items() if k != "strength"}
+            frames = self.pipe(item["prompt"], generator=[generator], **call).frames[0]
+        else:  # video-to-video on the same weights
+            call = {k: settings[k] for k in VIDEO_TO_VIDEO_SETTINGS}
+            frames = self.video_pipe(item["prompt"], video=item["video"], generator=[generator], **call).frames[0]
         video = to_uint8_frames(frames)  # (f, h, w, 3) uint8, exactly what gets encoded
         path = Path(export_to_video(video, fps=self.fps))  # a new file in the worker's temp folder
         data = path.read_bytes()
@@ -363,7 +374,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("batch", help="generate a video for every line of a JSONL file, on Ray (resumable)",
                        description="Generate DIR/<id>.mp4 for each line {\"prompt\": ..., optional \"id\", \"seed\", "
                                    "\"negative_prompt\", \"num_frames\", \"num_inference_steps\", \"guidance_scale\", "
-                                   "\"height\", \"width\", \"noise\", \"noise_ratio\"} of PROMPTS, plus DIR/manifest.jsonl. "
+                                   "\"height\", \"width\", \"noise\", \"noise_ratio\", \"video\" (a file: "
+                                   "video-to-video), \"strength\"} of PROMPTS, plus DIR/manifest.jsonl. "
                                    "Rerunning skips finished items. Needs Ray: pip install 'videofusion[distributed]'.")
     p.add_argument("prompts", help="a .jsonl file, one JSON object per line")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -380,6 +392,8 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="default pixels (default: the model's size)")
     p.add_argument("--noise", default=None, choices=("independent", "decomposed"), help="default initial noise")
     p.add_argument("--noise-ratio", type=float, default=None, help="default weight of the shared base noise")
+    p.add_argument("--strength", type=float, default=None,
+                   help="default strength of items with a video (video-to-video; default 0.6)")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the files (default {DEFAULT_FPS})")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, one pipeline each (default 1)")
     p.add_argument("--num-cpus-per-worker", type=float, default=None,
@@ -403,7 +417,7 @@ def run_command(args) -> int:
     defaults = {k: v for k, v in dict(negative_prompt=args.negative_prompt, num_frames=args.num_frames,
                                       num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                       height=args.height, width=args.width, noise=args.noise,
-                                      noise_ratio=args.noise_ratio).items() if v is not None}
+                                      noise_ratio=args.noise_ratio, strength=args.strength).items() if v is not None}
     options = BatchOptions(model=resolve_model(args.model), variant=args.variant, scheduler=args.scheduler,
                            device=args.device, dtype=args.dtype, fps=args.fps, defaults=defaults,
                            workers=args.workers, num_cpus_per_worker=args.num_cpus_per_worker,

@@ -1,8 +1,9 @@
 """The prompts file of `videofusion batch`: JSONL lines -> checked :class:`Item` s, bad lines with their numbers.
 
-Each line is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., <settings>}`` (see :data:`ITEM_KEYS`);
-the settings are :class:`~videofusion.settings.GenerationSettings` fields (:data:`ITEM_SETTINGS`), checked by
-it as every front end checks them.
+Each line is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., "video": ..., <settings>}`` (see
+:data:`ITEM_KEYS`); the settings are :class:`~videofusion.settings.GenerationSettings` fields
+(:data:`ITEM_SETTINGS`), checked by it as every front end checks them. An item with a ``video`` (a file path,
+relative to the prompts file's folder) is video-to-video: the file's frames, re-generated at ``strength``.
 """
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..settings import DEFAULTS, GenerationSettings, check_prompt
+from ..settings import DEFAULTS, VIDEO_TO_VIDEO_DEFAULTS, GenerationSettings, check_prompt
 
 # The settings an item may set (GenerationSettings fields, JSON values) and their defaults.
 ITEM_SETTINGS = ("negative_prompt", "num_frames", "num_inference_steps", "guidance_scale", "height", "width",
-                 "noise", "noise_ratio")
+                 "noise", "noise_ratio", "strength")
 PIPELINE_DEFAULTS: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in ITEM_SETTINGS}
-ITEM_KEYS = ("prompt", "id", "seed", *ITEM_SETTINGS)
+VIDEO_TO_VIDEO_PIPELINE_DEFAULTS: dict[str, Any] = {k: getattr(VIDEO_TO_VIDEO_DEFAULTS, k) for k in ITEM_SETTINGS}
+ITEM_KEYS = ("prompt", "id", "seed", "video", *ITEM_SETTINGS)
+# what a video-to-video call takes of an item's settings (the frames, size and noise come from the video)
+VIDEO_TO_VIDEO_SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "strength", "height", "width")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SEED = 2**63 - 1
 
@@ -34,6 +38,15 @@ class Item:
     prompt: str
     seed: int
     settings: dict[str, Any]
+    video: str | None = None  # an absolute file path: video-to-video
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings items start from: one dict for text-to-video items, one for items with a video."""
+
+    text_to_video: dict[str, Any]
+    video_to_video: dict[str, Any]
 
 
 def derive_seed(item_id: str) -> int:
@@ -52,10 +65,11 @@ def check_settings(settings: dict[str, Any]) -> GenerationSettings:
     return GenerationSettings.from_dict(settings, accepted=ITEM_SETTINGS)
 
 
-def parse_item(obj: Any, line: int, defaults: dict[str, Any], geometry: tuple[int, int] | None = None) -> Item:
+def parse_item(obj: Any, line: int, defaults: Defaults, geometry: tuple[int, int] | None = None,
+               folder: str | os.PathLike = ".") -> Item:
     """One decoded JSONL line -> an :class:`Item` with resolved settings; ValueError saying what is wrong.
     ``geometry``: the model's ``(native_size, vae_scale_factor)``, to check the item's frame size (when
-    the model's configs can be read here)."""
+    the model's configs can be read here); ``folder``: where a relative ``video`` path is."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object such as {{\"prompt\": \"...\"}}, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(ITEM_KEYS))
@@ -74,13 +88,23 @@ def parse_item(obj: Any, line: int, defaults: dict[str, Any], geometry: tuple[in
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed: must be an integer in [0, 2**63 - 1], got {seed!r}")
     given = {k: obj[k] for k in ITEM_SETTINGS if k in obj}
-    settings = check_settings({**defaults, **given})
-    if geometry is not None:
+    video = obj.get("video")
+    if video is not None:
+        if not isinstance(video, str) or not os.path.isfile(os.path.join(folder, video)):
+            raise ValueError(f"video: {video!r} is not a video file (paths are relative to the prompts file)")
+        if "num_frames" in given or "noise" in given:
+            raise ValueError("num_frames, noise: an item with a video takes its frames from it; leave them out")
+        video = os.path.abspath(os.path.join(folder, video))
+    elif "strength" in given:
+        raise ValueError("strength: only for an item with a video")
+    base = defaults.video_to_video if video is not None else defaults.text_to_video
+    settings = check_settings({**base, **given})
+    if geometry is not None and video is None:
         settings.sized(*geometry)
-    return Item(line, item_id, prompt, int(seed), {**defaults, **given})
+    return Item(line, item_id, prompt, int(seed), {**base, **given}, video)
 
 
-def read_items(path: str | os.PathLike, defaults: dict[str, Any],
+def read_items(path: str | os.PathLike, defaults: Defaults,
                geometry: tuple[int, int] | None = None) -> tuple[list[Item], list[dict]]:
     """Parse a prompts file: ``(items, errors)``; each error is ``{"line", "error"}`` (+ ``"id"``).
 
@@ -100,7 +124,7 @@ def read_items(path: str | os.PathLike, defaults: dict[str, Any],
                 errors.append({"line": number, "error": f"not valid JSON: {e.msg} (column {e.colno})"})
                 continue
             try:
-                item = parse_item(obj, number, defaults, geometry)
+                item = parse_item(obj, number, defaults, geometry, os.path.dirname(os.path.abspath(path)))
             except ValueError as e:
                 errors.append({"line": number, "error": str(e)})
                 continue

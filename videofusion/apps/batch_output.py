@@ -16,12 +16,19 @@ ERRORS = "errors.jsonl"
 LOCK = ".videofusion-batch.lock"
 
 # What an output depends on besides the item: a manifest line with other values is stale.
-SPEC_KEYS = ("prompt", "seed", "settings", "model", "model_files", "variant", "scheduler", "dtype", "fps")
+SPEC_KEYS = ("prompt", "seed", "settings", "video", "video_file", "model", "model_files", "variant", "scheduler",
+             "dtype", "fps")
 
 
 def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
-    """What an item's output depends on (the :data:`SPEC_KEYS`), as recorded in the manifest."""
-    return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, **run}
+    """What an item's output depends on (the :data:`SPEC_KEYS`), as recorded in the manifest: for an item
+    with a video, its path and the file's size and modification time too."""
+    video_file = None
+    if item.video is not None:
+        stat = os.stat(item.video)
+        video_file = f"{stat.st_size}:{stat.st_mtime_ns}"
+    return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, "video": item.video,
+            "video_file": video_file, **run}
 
 
 def read_manifest(path: Path) -> dict[str, dict]:

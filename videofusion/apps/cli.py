@@ -1,130 +1,18 @@
-"""The ``videofusion`` commands that make or train models: ``generate``, ``train``, ``init-demo`` and
-``eval-demo``. Parse, check, call the public API, write files; no model logic here."""
+"""The ``videofusion`` commands that train and measure models: ``train``, ``init-demo`` and ``eval-demo``
+(``generate`` is :mod:`videofusion.apps.generate`). Parse, check, call the public API, write files."""
 from __future__ import annotations
 
 import argparse
-import random
-import sys
 import time
-from pathlib import Path
 
 from ..io.saving import atomic_write_text
-from ..io.video import DEFAULT_FPS, check_output, export_to_gif, export_to_video
-from ..long_video import LongVideo
-from ..runtime.devices import pick_device, pick_dtype
-from ..demo.shapes import unknown_words, vocabulary_note
-from ..schedulers import SCHEDULERS
-from ..settings import check_prompt
-from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_folder, request_settings,
-                     resolve_model, set_threads, slug)
-
-
-def long_video_arg(text: str) -> LongVideo:
-    """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo."""
-    window, _, stride = text.partition(":")
-    try:
-        return LongVideo(int(window), int(stride) if stride else min(4, int(window)))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected WINDOW[:STRIDE] in frames, 1 <= STRIDE <= WINDOW, "
-                                         f"e.g. 16:4 ({e})") from None
+from .common import CLIError, long_video_arg, model_folder, resolve_model, set_threads
 
 
 def add_parsers(sub) -> None:
-    """Register ``generate``, ``train``, ``init-demo`` and ``eval-demo`` on an argparse subparsers object."""
-    add_generate(sub)
+    """Register ``train``, ``init-demo`` and ``eval-demo`` on an argparse subparsers object."""
     add_training(sub)
     add_eval_demo(sub)
-
-
-def add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate a video from a prompt",
-                       description="Generate a video from a text prompt and write it as mp4 or gif.")
-    p.add_argument("prompt", help="what the video shows")
-    p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
-    p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
-    p.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    p.add_argument("--num-frames", type=int, default=None, help="frames (default: the model's, else 16)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, else 50)")
-    p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance (default: the model's, else 9.0)")
-    p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), metavar="NAME",
-                   help="sampler: " + ", ".join(sorted(SCHEDULERS)) + " (default: the model's)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
-    p.add_argument("--height", type=int, default=None, help="pixels, divisible by the VAE's scale factor "
-                   "(8 for the published models; default: the model's size)")
-    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's size)")
-    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the file (default {DEFAULT_FPS})")
-    p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <prompt>-seed<seed>.mp4)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    add_runtime_arguments(p)
-    p.add_argument("--offload", default="none", choices=("none", "model", "sequential"),
-                   help="keep weights in CPU memory: per model, or per layer (slowest, least GPU memory)")
-    p.add_argument("--vae-slicing", action="store_true", help="decode one frame at a time (less memory)")
-    p.add_argument("--noise", default=None, choices=("independent", "decomposed"),
-                   help="initial noise; decomposed = VideoFusion's shared base + per-frame residual")
-    p.add_argument("--noise-ratio", type=float, default=None, help="weight of the shared base noise (default 0.5)")
-    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
-                   help="FreeNoise windowed temporal attention + noise rescheduling for long videos, e.g. 16:4")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_generate)
-
-
-def run_generate(args) -> int:
-    import torch
-
-    from ..pipelines import DiffusionPipeline
-    from ..schedulers import make_scheduler
-
-    prompt = check_prompt(args.prompt)
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    output = Path(args.output or f"{slug(prompt)}-seed{seed}.mp4")
-    check_output(output, args.fps)
-    if output.exists() and not args.overwrite:
-        raise CLIError(f"--output: {output} exists; pass --overwrite to replace it, or choose another name")
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    threads = set_threads(args.threads)
-    model = resolve_model(args.model)
-    settings = request_settings(model, dict(
-        num_frames=args.num_frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        height=args.height, width=args.width, negative_prompt=args.negative_prompt, noise=args.noise,
-        noise_ratio=args.noise_ratio, long_video=args.long_video))
-    if is_demo_model(model) and (unknown := unknown_words(prompt)):
-        print(f"videofusion generate: note: {vocabulary_note()}; it ignores {', '.join(map(repr, unknown))}",
-              file=sys.stderr)
-
-    t0 = time.perf_counter()
-    folder = model_folder(model, args.variant)
-    settings = check_size(settings, folder)  # before any weight is read
-    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
-    if args.scheduler:
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    if args.offload != "none" and device.type == "cpu":
-        print(f"videofusion generate: note: --offload {args.offload} has nothing to do on the CPU; running "
-              "without it", file=sys.stderr)
-    elif args.offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif args.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    if args.offload == "none" or device.type == "cpu":
-        pipe.to(device)
-    if args.vae_slicing:
-        pipe.enable_vae_slicing()
-    if args.compile:
-        if args.offload != "none" and device.type != "cpu":
-            raise CLIError("--compile: not combinable with --offload (offload moves the weights under the compiled graph)")
-        pipe.enable_fast_path()
-    pipe.set_progress_bar_config(disable=args.quiet, desc="denoising")
-    load_s = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    frames = pipe(prompt, generator=[torch.Generator("cpu").manual_seed(seed)], **settings.to_dict()).frames[0]
-    gen_s = time.perf_counter() - t1
-    (export_to_gif if output.suffix.lower() == ".gif" else export_to_video)(frames, str(output), fps=args.fps)
-    where = f"{device.type}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else device.type
-    print(f"{output}  ({len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, seed {seed}; "
-          f"generated in {gen_s:.1f} s on {where}, loaded in {load_s:.1f} s)")
-    return 0
 
 
 def add_training(sub) -> None:

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 from ..demo import DEMO_DEFAULTS, DEMO_MODEL_PATH
 from ..errors import SettingError
+from ..long_video import LongVideo
 from ..runtime.devices import DTYPES, default_threads
-from ..settings import GenerationSettings
+from ..settings import DEFAULTS, VIDEO_TO_VIDEO_DEFAULTS, GenerationSettings
 
 # A setting's name in the pipeline -> the command-line option that sets it (errors name what the user typed).
 FLAGS = {
@@ -25,7 +26,7 @@ FLAGS = {
     "device": "--device", "dtype": "--dtype", "threads": "--threads", "fps": "--fps", "output": "--output",
     "scheduler": "--scheduler", "workers": "--workers", "num_cpus_per_worker": "--num-cpus-per-worker",
     "num_gpus_per_worker": "--num-gpus-per-worker", "max_frames": "--max-frames", "max_steps": "--max-steps",
-    "max_guidance": "--max-guidance", "queue_size": "--queue-size",
+    "max_guidance": "--max-guidance", "queue_size": "--queue-size", "strength": "--strength", "video": "--init-video",
 }
 
 
@@ -74,11 +75,12 @@ def model_defaults(model: str) -> dict[str, Any]:
     return dict(DEMO_DEFAULTS) if is_demo_model(model) else {}
 
 
-def request_settings(model: str, given: Mapping[str, Any]) -> GenerationSettings:
-    """The settings of a request: :class:`GenerationSettings` defaults < the model's < ``given``
-    (``None`` values in ``given`` mean "not given"). Raises SettingError naming the setting."""
+def request_settings(model: str, given: Mapping[str, Any], video_to_video: bool = False) -> GenerationSettings:
+    """The settings of a request: the pipeline's defaults (text-to-video's, or video-to-video's) < the
+    model's < ``given`` (``None`` values in ``given`` mean "not given"). Raises SettingError naming the setting."""
     chosen = {k: v for k, v in given.items() if v is not None}
-    return GenerationSettings(**{**model_defaults(model), **chosen})
+    base = VIDEO_TO_VIDEO_DEFAULTS if video_to_video else DEFAULTS
+    return base.replace(**{**model_defaults(model), **chosen})
 
 
 def check_size(settings: GenerationSettings, folder: str | os.PathLike) -> GenerationSettings:
@@ -86,6 +88,28 @@ def check_size(settings: GenerationSettings, folder: str | os.PathLike) -> Gener
     from its configs: no weights are loaded)."""
     from ..pipelines.folders import native_geometry
     return settings.sized(*native_geometry(folder))
+
+
+# ------------------------------------------------------------------------------------------- option values
+
+
+def long_video_arg(text: str) -> LongVideo:
+    """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo."""
+    window, _, stride = text.partition(":")
+    try:
+        return LongVideo(int(window), int(stride) if stride else min(4, int(window)))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected WINDOW[:STRIDE] in frames, 1 <= STRIDE <= WINDOW, "
+                                         f"e.g. 16:4 ({e})") from None
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` in pixels (``1024x576``, zeroscope's convention) -> (height, width)."""
+    width, _, height = text.lower().partition("x")
+    try:
+        return int(height), int(width)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1024x576, got {text!r}") from None
 
 
 # ------------------------------------------------------------------------------------------- where it runs

@@ -1,6 +1,7 @@
 """The ``videofusion`` command: one parser over the front ends' commands, and their errors as one line.
 
-``generate``, ``train``, ``init-demo`` and ``eval-demo`` are :mod:`videofusion.apps.cli`'s, ``web`` is
+``generate`` is :mod:`videofusion.apps.generate`'s, ``train``, ``init-demo`` and ``eval-demo`` are
+:mod:`videofusion.apps.cli`'s, ``web`` is
 :mod:`videofusion.apps.web`'s and ``batch`` :mod:`videofusion.apps.batch`'s. A user's mistake (a bad option,
 a missing file) is printed as ``videofusion COMMAND: error: ...`` with exit code 2, naming the option typed.
 """
@@ -11,7 +12,7 @@ import sys
 
 from ..errors import SettingError
 from ..version import __version__
-from . import batch, cli, web
+from . import batch, cli, generate, web
 from .common import CLIError, cli_error
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="videofusion", description="Text-to-video with UNet3D latent diffusion.")
     parser.add_argument("--version", action="version", version=f"videofusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    generate.add_parser(sub)
     cli.add_parsers(sub)
     web.add_parser(sub)
     batch.add_parser(sub)

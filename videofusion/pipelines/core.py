@@ -344,10 +344,13 @@ class VideoPipeline:
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 settings: GenerationSettings, generator=None,
-                callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1) -> torch.Tensor:
+                callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1,
+                num_steps: int | None = None) -> torch.Tensor:
         """The denoising loop over ``timesteps`` (the scheduler's, or a tail of them): latents
         ``(b, c, f, h, w)`` -> latents. ``context``: the text embeddings, negative ones first with guidance
-        (``settings.guidance_scale > 1``: the UNet sees the batch twice and the two predictions are mixed)."""
+        (``settings.guidance_scale > 1``: the UNet sees the batch twice and the two predictions are mixed).
+        ``num_steps``: the steps the progress bar counts (default ``settings.num_inference_steps``; fewer
+        when a tail of the schedule runs, as in video-to-video)."""
         guided = settings.guidance_scale > 1.0
         b, c, f, h, w = latents.shape
         # The scheduler steps on frames folded into the batch, as diffusers does, so stochastic
@@ -362,9 +365,10 @@ class VideoPipeline:
         self.unet.set_temporal_window(*((window.window, window.stride) if window else (None,)))
         unet = self.placement.unet_forward(self.unet)
         order = self.scheduler.order
-        num_warmup_steps = len(timesteps) - settings.num_inference_steps * order
+        num_steps = settings.num_inference_steps if num_steps is None else num_steps
+        num_warmup_steps = len(timesteps) - num_steps * order
         try:
-            with self.progress_bar(total=settings.num_inference_steps) as bar:
+            with self.progress_bar(total=num_steps) as bar:
                 for i, t in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents  # (2b, c, f, h, w)
                     model_input = self.scheduler.scale_model_input(model_input, t)

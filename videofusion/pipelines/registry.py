@@ -6,8 +6,9 @@ from typing import Any
 from ..io.files import read_model_index
 from ..io.hub import resolve_pretrained
 from .text_to_video import TextToVideoSDPipeline
+from .video_to_video import VideoToVideoSDPipeline
 
-PIPELINES = {"TextToVideoSDPipeline": TextToVideoSDPipeline}
+PIPELINES = {"TextToVideoSDPipeline": TextToVideoSDPipeline, "VideoToVideoSDPipeline": VideoToVideoSDPipeline}
 
 
 class DiffusionPipeline:
