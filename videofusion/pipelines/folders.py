@@ -17,7 +17,9 @@ from ..io.files import DIFFUSERS_VERSION, read_json, read_model_index, select_we
 from ..io.hub import resolve_pretrained
 from ..io.saving import atomic_write_text
 from ..models import AutoencoderKL, UNet3DConditionModel
+from ..models.clip import CLIPTextModel
 from ..models.text import load_text_encoder, load_tokenizer
+from ..models.tokenizer import CLIPTokenizer
 from ..schedulers import SCHEDULER_CLASSES
 
 
@@ -61,8 +63,8 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *,
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise TypeError(f"from_pretrained: unexpected keyword argument(s) {unknown}; components are "
-                        f"{list(names)}, options are torch_dtype, variant, cache_dir, revision, local_files_only, "
-                        "low_cpu_mem_usage")
+                        f"{list(names)}, options are torch_dtype (or dtype), device_map, variant, cache_dir, revision, "
+                        "local_files_only, low_cpu_mem_usage")
     dtypes = _component_dtypes(torch_dtype, names)
     folder = resolve_pretrained(path_or_id, variant=variant, cache_dir=cache_dir, revision=revision,
                                 local_files_only=local_files_only)
@@ -124,7 +126,9 @@ def component_variant(folder: str | os.PathLike, name: str, variant: str | None)
 
 
 def _library_of(obj: Any) -> str:
-    return "transformers" if type(obj).__module__.startswith("transformers") else "diffusers"
+    """The library model_index.json names for a component: our CLIP classes save transformers' folders."""
+    ours = isinstance(obj, (CLIPTextModel, CLIPTokenizer))
+    return "transformers" if ours or type(obj).__module__.startswith("transformers") else "diffusers"
 
 
 def save_pipeline(class_name: str, components: dict[str, Any], save_directory: str | os.PathLike, *,

@@ -1,0 +1,44 @@
+"""bench/first_video.py: its table and import report, and one real run of the command (our CLIP), whose file
+is a valid video and whose imports leave out transformers, diffusers, gradio and ray."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "bench" / "first_video.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_first_video", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_medians_and_ratio(bench):
+    runs = [bench.Run("videofusion", w, 0.3, 1.7, w - 0.1) for w in (2.4, 2.6, 9.0)]
+    runs += [bench.Run("transformers", w, 0.5, 1.7, w) for w in (4.9, 5.2, 5.0)]
+    lines = bench.table(runs).splitlines()
+    assert lines[2] == "| videofusion | 3 | 2.60 | 2.50 | 0.3 | 1.7 | 0.60 | 1.00x |"
+    assert lines[3] == "| transformers | 3 | 5.00 | 5.00 | 0.5 | 1.7 | 2.80 | 1.92x |"
+    text = "import time:       120 |        120 |   json\nimport time:   900000 |     950000 | torch\n" \
+           "import time:    50000 |      50000 |     torch._C\n"
+    assert bench.import_costs(text) == pytest.approx({"json": 0.00012, "torch": 0.95})
+
+
+def test_one_run_writes_a_video_without_heavy_imports(bench, tmp_path):
+    run = bench.run_once("videofusion", tmp_path / "out.mp4", extra=["--steps", "2"], importtime=True)  # quicker
+    assert bench.check_video(tmp_path / "out.mp4") == (16, 64, 64)
+    assert run.wall_s > run.load_s + run.gen_s > 0 and run.cpu_s > 0 and run.imports["torch"] > 0
+    assert not set(bench.HEAVY) & set(run.imports), sorted(run.imports)
+    assert "heavy packages imported: none" in bench.import_table(run)
+    with pytest.raises(ValueError, match="variant: must be one of"):
+        bench.run_once("tf", tmp_path / "x.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="not a readable video"):
+        bench.check_video(tmp_path / "bad.mp4")
