@@ -10,6 +10,8 @@ RANKS = {
     "errors": 0, "noise": 0, "outputs": 0, "version": 0,
     "io": 1, "runtime": 1, "long_video": 1,
     "models": 2, "schedulers": 2, "settings": 2,
+    "convert": 2.5,  # beside models, above them: foreign layouts -> models' keys; pipelines import it
+    "adapters": 2.7,  # LoRA files (their layouts, the original release's names) on our models
     "pipelines": 3,
     "demo": 4,
     "training": 5,

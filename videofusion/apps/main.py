@@ -12,7 +12,7 @@ import sys
 
 from ..errors import SettingError
 from ..version import __version__
-from . import batch, cli, generate, web
+from . import batch, cli, convert, generate, web
 from .common import CLIError, cli_error
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_parsers(sub)
     web.add_parser(sub)
     batch.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 
