@@ -21,7 +21,7 @@ import torch
 from videofusion.apps.batch import BatchOptions, BatchWorker, run_batch, run_spec
 from videofusion.apps.batch_output import ERRORS, MANIFEST, OutputFolder, item_spec, plan
 from videofusion.apps.batch_items import (PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_PIPELINE_DEFAULTS, Defaults, derive_seed,
-                                          line_id, read_items)
+                                          line_id, parse_item, read_items)
 from videofusion.apps.main import main
 from videofusion.runtime.devices import default_threads
 
@@ -182,6 +182,29 @@ def test_worker_reports_a_failing_item_and_makes_the_others(tiny_pipeline_dir, m
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("a red circle", generator=[torch.Generator().manual_seed(3)], **FAST).frames[0]
     assert hashlib.sha256(to_uint8_frames(frames).tobytes()).hexdigest() == ok["frames_sha256"]
+
+
+def test_items_with_lora_load_each_adapter_once_and_use_it_for_that_item(tiny_pipeline_dir, tmp_path,
+                                                                         models_one_thread):
+    from lora_oracle import UNET_TARGETS, add_peft_adapter, diffusers_unet, save_diffusers_lora
+    sd, config = add_peft_adapter(diffusers_unet(tiny_pipeline_dir), "x", UNET_TARGETS, seed=1)
+    save_diffusers_lora(str(tmp_path / "style"), sd, config)
+    defaults = Defaults(dict(PIPELINE_DEFAULTS), dict(VIDEO_TO_VIDEO_PIPELINE_DEFAULTS))
+    item = parse_item({"prompt": "a red circle", "lora": "style:0.5"}, 1, defaults, folder=tmp_path)
+    assert item.lora == ((str(tmp_path / "style"), 0.5),)
+    assert parse_item({"prompt": "p", "lora": ["style", "org/some-lora:2"]}, 1, defaults, folder=tmp_path).lora == \
+        ((str(tmp_path / "style"), 1.0), ("org/some-lora", 2.0))
+    with pytest.raises(ValueError, match="lora: 'missing.safetensors' is neither a file or folder"):
+        parse_item({"prompt": "p", "lora": "missing.safetensors"}, 1, defaults, folder=tmp_path)
+    with pytest.raises(ValueError, match="lora: must be"):
+        parse_item({"prompt": "p", "lora": 3}, 1, defaults, folder=tmp_path)
+    assert item_spec(item, {})["lora"][0][:2] == [str(tmp_path / "style"), 0.5]  # a changed adapter re-runs
+    worker = BatchWorker({**vars(BatchOptions(model=tiny_pipeline_dir)), "threads": 1})
+    rows = [{"id": i, "prompt": "a red circle", "seed": 3, "settings": {**PIPELINE_DEFAULTS, **FAST}, "video": None,
+             "lora": lora} for i, lora in (("with", item.lora), ("without", ()), ("again", item.lora))]
+    out = worker({"item": np.array([json.dumps(r) for r in rows])})
+    with_lora, without, again = (json.loads(r)["frames_sha256"] for r in out["result"])
+    assert with_lora == again != without and worker.adapters == {str(tmp_path / "style"): "lora_0"}
 
 
 def test_items_with_a_video_are_video_to_video(tiny_pipeline_dir, tmp_path, models_one_thread):

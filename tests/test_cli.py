@@ -59,3 +59,28 @@ def test_unknown_scheduler_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "x", "--scheduler", "warp-drive"])
     assert exit_info.value.code == 2
+
+
+def test_generate_with_lora_and_prompt_weighting(tiny_pipeline_dir, tmp_path, capsys):
+    """--lora PATH[:SCALE] (repeatable) changes the video, scale 0 is the model alone; --prompt-weighting reads
+    the brackets; a file that is no LoRA is one line naming --lora, before any model loads."""
+    from lora_oracle import UNET_TARGETS, add_peft_adapter, diffusers_unet, save_diffusers_lora
+    from videofusion.io.video import load_video
+    sd, config = add_peft_adapter(diffusers_unet(tiny_pipeline_dir), "x", UNET_TARGETS, seed=1)
+    lora = save_diffusers_lora(str(tmp_path / "style"), sd, config)
+    args = ["generate", "a (red:1.3) circle", "--model", tiny_pipeline_dir, "--steps", "2", "--num-frames", "2",
+            "--seed", "1", "--quiet", "--fps", "4"]
+    videos = {}
+    for name, extra in [("plain", []), ("zero", ["--lora", f"{lora}:0", "--lora", str(tmp_path / "style")
+                                                 + ":0.0"]), ("lora", ["--lora", f"{lora}:0.7"]),
+                        ("weighted", ["--prompt-weighting"])]:
+        assert main(args + extra + ["--output", str(tmp_path / f"{name}.gif")]) == 0
+        videos[name] = b"".join(x.tobytes() for x in load_video(str(tmp_path / f"{name}.gif")))
+    assert videos["zero"] == videos["plain"] != videos["lora"] and videos["weighted"] != videos["plain"]
+    capsys.readouterr()
+    (tmp_path / "notes.safetensors").write_bytes(b"not weights")
+    result = subprocess.run([sys.executable, "-m", "videofusion.apps.main", *args, "--lora",
+                             str(tmp_path / "notes.safetensors"), "--output", str(tmp_path / "x.mp4")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("videofusion generate: error: --lora: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

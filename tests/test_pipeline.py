@@ -191,7 +191,7 @@ BAD_CALLS = [
     (dict(callback_steps=0), "callback_steps"),
     (dict(num_videos_per_prompt=0), "num_videos_per_prompt"),
     (dict(noise="pink"), "noise"),
-    (dict(cross_attention_kwargs={"scale": 0.5}), "cross_attention_kwargs"),
+    (dict(cross_attention_kwargs={"gligen": 0.5}), "cross_attention_kwargs"),
 ]
 
 

@@ -12,7 +12,7 @@ import torch
 from videofusion import DiffusionPipeline
 from videofusion.apps.main import build_parser, main
 from videofusion.schedulers import SCHEDULERS, make_scheduler
-from videofusion.apps.web import DEFAULT_SCHEDULER, MAX_SEED, Limits, WebService, model_label
+from videofusion.apps.web import DEFAULT_SCHEDULER, MAX_SEED, NO_ADAPTER, Limits, WebService, adapter_label, model_label
 
 GOOD = dict(prompt="a red circle moving left", negative_prompt="", num_frames=2, num_inference_steps=2,
             guidance_scale=7.5, seed=3, scheduler=DEFAULT_SCHEDULER, fps=4)
@@ -174,12 +174,39 @@ def test_app_builds_with_limits_queue_and_a_generate_endpoint(service):
     fn = next(f for f in app.fns.values() if f.api_name == "generate")
     assert fn.concurrency_limit in (1, "default")
     with pytest.raises(gr.Error, match="prompt"):  # bad input becomes a gr.Error, shown in the page
-        fn.fn("", "", 2, 2, 7.5, 0, DEFAULT_SCHEDULER, 8)
+        fn.fn("", "", 2, 2, 7.5, 0, DEFAULT_SCHEDULER, 8, NO_ADAPTER, False)
     progress = []  # the page's progress bar is fed by the pipeline's callback
-    video, download, settings = fn.fn("a red circle", "", 2, 2, 7.5, 0, DEFAULT_SCHEDULER, 8,
+    assert not by_id["adapter"].visible and by_id["prompt-weighting"].value is False  # no adapters configured
+    video, download, settings = fn.fn("a red circle", "", 2, 2, 7.5, 0, DEFAULT_SCHEDULER, 8, NO_ADAPTER, False,
                                       progress=lambda value, desc=None: progress.append((value, desc)))
     assert progress == [((0, 2), "denoising"), ((1, 2), "denoising"), ((2, 2), "denoising")]
     assert video == download and os.path.isfile(video) and settings["num_inference_steps"] == 2
+
+
+def test_operator_adapters_and_prompt_weighting(tiny_pipeline_dir, tmp_path):
+    """Visitors choose among the operator's adapters by name (none by default) and may weigh the prompt;
+    the page's command says both."""
+    from lora_oracle import UNET_TARGETS, add_peft_adapter, diffusers_unet, save_diffusers_lora
+    sd, config = add_peft_adapter(diffusers_unet(tiny_pipeline_dir), "x", UNET_TARGETS, seed=1)
+    path = save_diffusers_lora(str(tmp_path / "style"), sd, config)
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    from videofusion.adapters import load_lora
+    name = adapter_label(str(tmp_path / "style"), {})
+    pipe.lora.load(load_lora(path), name)
+    service = WebService(pipe, "tiny", Limits(max_frames=4, max_steps=3), output_dir=str(tmp_path / "out"),
+                         adapters={name: 0.8})
+    assert name == "style" and adapter_label("/x/style/", {"style": 1}) == "style-2"
+    with pytest.raises(ValueError, match="adapter: 'other' is not one of \\['none', 'style'\\]"):
+        validate(service, adapter="other")
+    plain = service.pipe  # the same request with and without the adapter: different videos
+    request = validate(service, adapter="style", prompt_weighting=True, prompt="a (red:1.3) circle")
+    _, settings = service.generate(request)
+    assert settings["adapter"] == "style" and "--lora style:0.8 --prompt-weighting" in settings["command"]
+    assert plain.get_active_adapters() == ["style"] and plain.lora.per_model["unet"].active == {"style": 0.8}
+    service.generate(validate(service))
+    assert plain.get_active_adapters() == [] and not plain.prompt_weighting
+    with pytest.raises(ValueError, match="not adapters loaded"):
+        WebService(pipe, "tiny", adapters={"missing": 1.0})
 
 
 # ----------------------------------------------------------------------------- the command

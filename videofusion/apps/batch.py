@@ -169,8 +169,9 @@ class BatchWorker:
             pipe.enable_fast_path()  # each worker compiles at its first item of each size
         pipe.set_progress_bar_config(disable=True)
         self.pipe, self.fps = pipe, options["fps"]
-        self.video_pipe = VideoToVideoSDPipeline(**pipe.components)
+        self.video_pipe = VideoToVideoSDPipeline(**pipe.components)  # the same models: their adapters too
         self.video_pipe.set_progress_bar_config(disable=True)
+        self.adapters: dict[str, str] = {}  # LoRA path or Hub id -> its adapter name, loaded once
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def generate(self, item: dict) -> tuple[dict, bytes]:
@@ -181,6 +182,13 @@ class BatchWorker:
         t0 = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(item["seed"])
         settings = item["settings"]
+        loras = item.get("lora", ())
+        for path, _ in loras:
+            if path not in self.adapters:
+                name = f"lora_{len(self.adapters)}"
+                self.pipe.load_lora_weights(path, adapter_name=name)
+                self.adapters[path] = name
+        self.pipe.set_adapters([self.adapters[p] for p, _ in loras], [s for _, s in loras])
         if item["video"] is None:
             call = {k: v for k, v in settings.items() if k != "strength"}
             frames = self.pipe(item["prompt"], generator=[generator], **call).frames[0]

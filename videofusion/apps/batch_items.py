@@ -1,9 +1,11 @@
 """The prompts file of `videofusion batch`: JSONL lines -> checked :class:`Item` s, bad lines with their numbers.
 
-Each line is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., "video": ..., <settings>}`` (see
-:data:`ITEM_KEYS`); the settings are :class:`~videofusion.settings.GenerationSettings` fields
+Each line is a JSON object ``{"prompt": ..., "id": ..., "seed": ..., "video": ..., "lora": ..., <settings>}``
+(see :data:`ITEM_KEYS`); the settings are :class:`~videofusion.settings.GenerationSettings` fields
 (:data:`ITEM_SETTINGS`), checked by it as every front end checks them. An item with a ``video`` (a file path,
 relative to the prompts file's folder) is video-to-video: the file's frames, re-generated at ``strength``.
+``lora``: a LoRA adapter ``"PATH[:SCALE]"`` (a file or folder relative to the prompts file's folder, or a Hub
+id), or a list of them; the worker loads each once and uses the item's for the item alone.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ ITEM_SETTINGS = ("negative_prompt", "num_frames", "num_inference_steps", "guidan
                  "noise", "noise_ratio", "strength")
 PIPELINE_DEFAULTS: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in ITEM_SETTINGS}
 VIDEO_TO_VIDEO_PIPELINE_DEFAULTS: dict[str, Any] = {k: getattr(VIDEO_TO_VIDEO_DEFAULTS, k) for k in ITEM_SETTINGS}
-ITEM_KEYS = ("prompt", "id", "seed", "video", *ITEM_SETTINGS)
+ITEM_KEYS = ("prompt", "id", "seed", "video", "lora", *ITEM_SETTINGS)
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # what a video-to-video call takes of an item's settings (the frames, size and noise come from the video)
 VIDEO_TO_VIDEO_SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "strength", "height", "width")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -39,6 +42,7 @@ class Item:
     seed: int
     settings: dict[str, Any]
     video: str | None = None  # an absolute file path: video-to-video
+    lora: tuple[tuple[str, float], ...] = ()  # (absolute path or Hub id, scale) per adapter
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,31 @@ def parse_item(obj: Any, line: int, defaults: Defaults, geometry: tuple[int, int
     settings = check_settings({**base, **given})
     if geometry is not None and video is None:
         settings.sized(*geometry)
-    return Item(line, item_id, prompt, int(seed), {**base, **given}, video)
+    return Item(line, item_id, prompt, int(seed), {**base, **given}, video, parse_lora(obj.get("lora"), folder))
+
+
+def parse_lora(value: Any, folder: str | os.PathLike) -> tuple[tuple[str, float], ...]:
+    """An item's ``lora`` (``"PATH[:SCALE]"`` or a list of them) -> ((absolute path or Hub id, scale), ...)."""
+    if value is None:
+        return ()
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+        raise ValueError(f"lora: must be \"PATH[:SCALE]\" or a list of them, got {value!r}")
+    out = []
+    for entry in entries:
+        path, sep, scale = entry.rpartition(":")
+        try:
+            path, scale = (path, float(scale)) if sep and path else (entry, 1.0)
+        except ValueError:
+            path, scale = entry, 1.0
+        local = os.path.join(folder, path)
+        if os.path.exists(local):
+            path = os.path.abspath(local)
+        elif not HUB_ID.fullmatch(path):
+            raise ValueError(f"lora: {path!r} is neither a file or folder (paths are relative to the prompts "
+                             "file) nor a Hub id such as org/name")
+        out.append((path, scale))
+    return tuple(out)
 
 
 def read_items(path: str | os.PathLike, defaults: Defaults,

@@ -16,8 +16,8 @@ ERRORS = "errors.jsonl"
 LOCK = ".videofusion-batch.lock"
 
 # What an output depends on besides the item: a manifest line with other values is stale.
-SPEC_KEYS = ("prompt", "seed", "settings", "video", "video_file", "model", "model_files", "variant", "scheduler",
-             "dtype", "fps")
+SPEC_KEYS = ("prompt", "seed", "settings", "video", "video_file", "lora", "model", "model_files", "variant",
+             "scheduler", "dtype", "fps")
 
 
 def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
@@ -27,8 +27,20 @@ def item_spec(item: Item, run: dict[str, Any]) -> dict[str, Any]:
     if item.video is not None:
         stat = os.stat(item.video)
         video_file = f"{stat.st_size}:{stat.st_mtime_ns}"
+    lora = [[path, scale, _file_stamp(path)] for path, scale in item.lora]
     return {"prompt": item.prompt, "seed": item.seed, "settings": item.settings, "video": item.video,
-            "video_file": video_file, **run}
+            "video_file": video_file, "lora": lora, **run}
+
+
+def _file_stamp(path: str) -> str | None:
+    """``size:mtime`` of a local file, of a folder's newest file; None for a Hub id."""
+    if os.path.isdir(path):
+        stats = [os.stat(p) for p in Path(path).rglob("*") if p.is_file()]
+        return f"{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return None
 
 
 def read_manifest(path: Path) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..demo import DEMO_DEFAULTS, DEMO_MODEL_PATH
 from ..errors import SettingError
-from ..long_video import LongVideo
+from ..long_video import FIFO, LongVideo
 from ..runtime.devices import DTYPES, default_threads
 from ..settings import DEFAULTS, VIDEO_TO_VIDEO_DEFAULTS, GenerationSettings
 
@@ -27,6 +27,7 @@ FLAGS = {
     "scheduler": "--scheduler", "workers": "--workers", "num_cpus_per_worker": "--num-cpus-per-worker",
     "num_gpus_per_worker": "--num-gpus-per-worker", "max_frames": "--max-frames", "max_steps": "--max-steps",
     "max_guidance": "--max-guidance", "queue_size": "--queue-size", "strength": "--strength", "video": "--init-video",
+    "lora": "--lora",
 }
 
 
@@ -94,13 +95,21 @@ def check_size(settings: GenerationSettings, folder: str | os.PathLike) -> Gener
 
 
 def long_video_arg(text: str) -> LongVideo:
-    """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo."""
-    window, _, stride = text.partition(":")
+    """``--long-video WINDOW[:STRIDE]`` (frames, stride 4 by default) -> a LongVideo (FreeNoise);
+    ``--long-video fifo[:PARTITIONS]`` -> a FIFO (FIFO-Diffusion, 4 partitions of 16 frames by default)."""
+    name, _, rest = text.partition(":")
+    if name.strip().lower() == "fifo":
+        try:
+            return FIFO(num_partitions=int(rest)) if rest else FIFO()
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected fifo or fifo:PARTITIONS, PARTITIONS an integer >= 1, "
+                                             f"e.g. fifo:4 ({e})") from None
+    window, stride = name, rest
     try:
         return LongVideo(int(window), int(stride) if stride else min(4, int(window)))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected WINDOW[:STRIDE] in frames, 1 <= STRIDE <= WINDOW, "
-                                         f"e.g. 16:4 ({e})") from None
+                                         f"e.g. 16:4, or fifo[:PARTITIONS] ({e})") from None
 
 
 def size_arg(text: str) -> tuple[int, int]:
@@ -110,6 +119,41 @@ def size_arg(text: str) -> tuple[int, int]:
         return int(height), int(width)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1024x576, got {text!r}") from None
+
+
+def lora_arg(text: str) -> tuple[str, float]:
+    """``--lora PATH[:SCALE]`` -> (path, scale), scale 1 when not given (a colon followed by no number is part
+    of the path, as a Windows drive's)."""
+    path, sep, scale = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+# ------------------------------------------------------------------------------------------- LoRA adapters
+
+
+def read_loras(loras: list[tuple[str, float]] | None) -> list[tuple[Any, float]]:
+    """Each ``(path or Hub id, scale)`` read (small files: before any model's weights), as (LoRA, scale);
+    a missing or unreadable one is a CLIError naming ``--lora``."""
+    from ..adapters import load_lora
+    read = []
+    for path, scale in loras or []:
+        try:
+            read.append((load_lora(path), scale))
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--lora: {path}: {e}") from None
+    return read
+
+
+def apply_loras(pipe, loras: list[tuple[Any, float]]) -> None:
+    """Load :func:`read_loras`' adapters onto ``pipe`` as ``lora_0``, ``lora_1``, ..., active at their scales."""
+    names = [pipe.lora.load(lora, f"lora_{i}") for i, (lora, _) in enumerate(loras)]
+    if names:
+        pipe.set_adapters(names, [scale for _, scale in loras])
 
 
 # ------------------------------------------------------------------------------------------- where it runs

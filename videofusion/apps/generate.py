@@ -18,8 +18,8 @@ from ..io.video import DEFAULT_FPS, check_output, export_to_gif, export_to_video
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS
 from ..settings import GenerationSettings, check_prompt
-from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, long_video_arg, model_folder,
-                     request_settings, resolve_model, set_threads, size_arg, slug)
+from .common import (CLIError, add_runtime_arguments, apply_loras, check_size, is_demo_model, long_video_arg, lora_arg,
+                     model_folder, read_loras, request_settings, resolve_model, set_threads, size_arg, slug)
 
 
 def add_parser(sub) -> None:
@@ -49,6 +49,11 @@ def add_parser(sub) -> None:
     p.add_argument("--refine-size", type=size_arg, default=None, metavar="WIDTHxHEIGHT",
                    help="resize before refining, e.g. 1024x576 (default: the first stage's size)")
     p.add_argument("--refine-strength", type=float, default=None, help="strength of the refinement (default 0.6)")
+    p.add_argument("--lora", type=lora_arg, action="append", default=None, metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (file, folder or Hub id; diffusers, PEFT, stable_lora or keyless .pt) at "
+                        "SCALE (default 1); repeat for several; applies to every stage")
+    p.add_argument("--prompt-weighting", action="store_true",
+                   help="read (word:1.3), (word), [word] in the prompts as weights (sd-webui's syntax)")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames per second of the file (default {DEFAULT_FPS})")
     p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif (default: <prompt>-seed<seed>.mp4)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
@@ -90,10 +95,14 @@ def run_generate(args) -> int:
     dtype = pick_dtype(args.dtype, device)
     threads = set_threads(args.threads)
     stages = plan_stages(args, prompt)
+    loras = read_loras(args.lora)
     frames, load_s, t0 = None, 0.0, time.perf_counter()
     for i, stage in enumerate(stages):
         t1 = time.perf_counter()
         pipe = load_pipeline(args, stage, device, dtype, desc="refining" if i else "denoising")
+        apply_loras(pipe, loras)
+        if args.prompt_weighting:
+            pipe.enable_prompt_weighting()
         load_s += time.perf_counter() - t1
         call = stage.settings.to_dict()
         if stage.from_video:  # the frames and their size come from the video (resized to stage.resize)
@@ -122,7 +131,7 @@ def plan_stages(args, prompt: str) -> list[Stage]:
     given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                  negative_prompt=args.negative_prompt, noise=args.noise, noise_ratio=args.noise_ratio,
                  long_video=args.long_video)
-    if is_demo_model(model) and (unknown := unknown_words(prompt)):
+    if is_demo_model(model) and not args.lora and (unknown := unknown_words(prompt)):  # an adapter may teach words
         print(f"videofusion generate: note: {vocabulary_note()}; it ignores {', '.join(map(repr, unknown))}",
               file=sys.stderr)
     if args.init_video is not None:

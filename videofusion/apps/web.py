@@ -31,13 +31,14 @@ from ..io.video import DEFAULT_FPS
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS, make_scheduler
 from ..settings import GenerationSettings, SettingError, check_prompt
-from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, model_defaults, model_folder,
-                     request_settings, resolve_model, set_threads, slug)
+from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, lora_arg, model_defaults,
+                     model_folder, read_loras, request_settings, resolve_model, set_threads, slug)
 
 MAX_SEED = 2**32 - 1
 FPS_RANGE = (1, 60)
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens anyway; this only bounds the work per request
 DEFAULT_SCHEDULER = "default"  # the dropdown's entry for the model's own scheduler
+NO_ADAPTER = "none"  # the adapter dropdown's entry for the model alone
 DEMO_EXAMPLES = ("a red circle moving left", "a blue square moving up", "a green triangle moving right",
                  "a yellow circle moving down", "a magenta square moving left")
 HUB_EXAMPLES = ("Spiderman is surfing", "An astronaut riding a horse", "A panda eating bamboo on a rock",
@@ -83,6 +84,8 @@ class Request:
     seed: int
     scheduler: str
     fps: float
+    adapter: str = NO_ADAPTER
+    prompt_weighting: bool = False
 
 
 def random_seed() -> int:
@@ -119,11 +122,13 @@ class WebService:
             ``keep_seconds`` (default an hour) are removed as new ones are written.
         is_demo: the model is the built-in demo model (its ``videofusion generate`` command needs no
             ``--model``).
+        adapters: LoRA adapters the operator loaded onto ``pipe`` (``pipe.lora.load``): name -> scale. A
+            visitor picks one of them, or none, by name.
     """
 
     def __init__(self, pipe, model_name: str, limits: Limits | None = None, defaults: dict | None = None,
                  examples: tuple[str, ...] = HUB_EXAMPLES, output_dir: str | None = None,
-                 keep_seconds: float = 3600.0, is_demo: bool = False):
+                 keep_seconds: float = 3600.0, is_demo: bool = False, adapters: dict[str, float] | None = None):
         limits = limits or Limits()
         self.pipe = pipe
         self.model_name = model_name
@@ -132,6 +137,11 @@ class WebService:
         self.examples = tuple(examples)
         self.base_scheduler = pipe.scheduler
         self.scheduler_names = (DEFAULT_SCHEDULER, *sorted(SCHEDULERS))
+        self.adapters = dict(adapters or {})
+        unknown = sorted(set(self.adapters) - set(pipe.lora.names()))
+        if unknown or NO_ADAPTER in self.adapters:
+            raise ValueError(f"adapters: {unknown or [NO_ADAPTER]} are not adapters loaded on the pipeline "
+                             f"({pipe.lora.names()})")
         size = GenerationSettings(height=limits.height, width=limits.width).sized(pipe.native_size,
                                                                                 pipe.vae_scale_factor)
         self.height, self.width = size.height, size.width
@@ -147,7 +157,8 @@ class WebService:
         pipe.set_progress_bar_config(disable=True)
 
     def validate(self, prompt: Any, negative_prompt: Any, num_frames: Any, num_inference_steps: Any,
-                 guidance_scale: Any, seed: Any, scheduler: Any, fps: Any) -> Request:
+                 guidance_scale: Any, seed: Any, scheduler: Any, fps: Any, adapter: Any = NO_ADAPTER,
+                 prompt_weighting: Any = False) -> Request:
         """Check a visitor's settings against the limits; ValueError naming the field and its accepted
         values. ``seed=None`` picks a random seed. Cheap: runs before any model work."""
         try:
@@ -161,13 +172,18 @@ class WebService:
             raise ValueError(f"negative prompt: must be text of at most {MAX_PROMPT_CHARS} characters")
         if scheduler not in self.scheduler_names:
             raise ValueError(f"scheduler: {scheduler!r} is not one of {list(self.scheduler_names)}")
+        if adapter not in (NO_ADAPTER, *self.adapters):
+            raise ValueError(f"adapter: {adapter!r} is not one of {[NO_ADAPTER, *self.adapters]}")
+        if not isinstance(prompt_weighting, bool):
+            raise ValueError(f"prompt weighting: must be true or false, got {prompt_weighting!r}")
         return Request(
             prompt=prompt, negative_prompt=negative_prompt.strip(),
             num_frames=_integer("frames", num_frames, 1, self.limits.max_frames),
             num_inference_steps=_integer("steps", num_inference_steps, 1, self.limits.max_steps),
             guidance_scale=_number("guidance scale", guidance_scale, 1.0, self.limits.max_guidance),
             seed=random_seed() if seed is None else _integer("seed", seed, 0, MAX_SEED),
-            scheduler=scheduler, fps=_number("fps", fps, *FPS_RANGE))
+            scheduler=scheduler, fps=_number("fps", fps, *FPS_RANGE), adapter=adapter,
+            prompt_weighting=prompt_weighting)
 
     def generate(self, request: Request, on_step: Callable[[int, int], None] | None = None) -> tuple[str, dict]:
         """Generate ``request``'s video and write it as H.264 mp4; returns ``(path, settings)``.
@@ -186,6 +202,10 @@ class WebService:
             # a fresh scheduler per request: multistep schedulers keep state between steps
             self.pipe.scheduler = (type(base).from_config(base.config) if request.scheduler == DEFAULT_SCHEDULER
                                    else make_scheduler(request.scheduler, base.config))
+            if self.adapters:
+                chosen = [] if request.adapter == NO_ADAPTER else [request.adapter]
+                self.pipe.set_adapters(chosen, [self.adapters[a] for a in chosen])
+            self.pipe.prompt_weighting = request.prompt_weighting
             try:
                 frames = self.pipe(
                     request.prompt, negative_prompt=request.negative_prompt or None, height=self.height,
@@ -227,6 +247,10 @@ class WebService:
                  "--guidance-scale", f"{request.guidance_scale:g}", "--seed", request.seed]
         if request.scheduler != DEFAULT_SCHEDULER:
             args += ["--scheduler", request.scheduler]
+        if request.adapter != NO_ADAPTER:  # the adapter as the page names it (the operator knows its file)
+            args += ["--lora", f"{request.adapter}:{self.adapters[request.adapter]:g}"]
+        if request.prompt_weighting:
+            args += ["--prompt-weighting"]
         args += ["--height", self.height, "--width", self.width, "--fps", f"{request.fps:g}"]
         return shlex.join(str(a) for a in args)
 
@@ -256,10 +280,11 @@ def build_app(service: WebService):
     gr = _gradio()
     s, lim, d = service, service.limits, service.defaults
 
-    def generate(prompt, negative_prompt, num_frames, steps, guidance_scale, seed, scheduler, fps,
-                 progress=gr.Progress()):
+    def generate(prompt, negative_prompt, num_frames, steps, guidance_scale, seed, scheduler, fps, adapter,
+                 weighting, progress=gr.Progress()):
         try:
-            request = s.validate(prompt, negative_prompt, num_frames, steps, guidance_scale, seed, scheduler, fps)
+            request = s.validate(prompt, negative_prompt, num_frames, steps, guidance_scale, seed, scheduler, fps,
+                                 adapter, weighting)
             progress((0, request.num_inference_steps), desc="denoising")
             path, settings = s.generate(request, on_step=lambda i, n: progress((i, n), desc="denoising"))
         except ValueError as e:  # bad settings: shown in the page; the server goes on serving
@@ -296,6 +321,11 @@ def build_app(service: WebService):
                     dice = gr.Button("Random seed", elem_id="random-seed", scale=1)
                 scheduler = gr.Dropdown(scheduler_choices, value=DEFAULT_SCHEDULER, label="Scheduler",
                                         elem_id="scheduler")
+                with gr.Row():
+                    adapter = gr.Dropdown([NO_ADAPTER, *s.adapters], value=NO_ADAPTER, label="LoRA adapter",
+                                          visible=bool(s.adapters), elem_id="adapter")
+                    weighting = gr.Checkbox(False, label="Prompt weighting: (word:1.3), (word), [word]",
+                                            elem_id="prompt-weighting")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True,
@@ -304,7 +334,7 @@ def build_app(service: WebService):
                 settings = gr.JSON(label="Settings used", elem_id="settings")
         gr.Examples([[p] for p in s.examples], inputs=[prompt], label="Example prompts")
         dice.click(random_seed, outputs=seed, queue=False, api_visibility="private")
-        inputs = [prompt, negative, num_frames, steps, guidance, seed, scheduler, fps]
+        inputs = [prompt, negative, num_frames, steps, guidance, seed, scheduler, fps, adapter, weighting]
         run.click(generate, inputs, [video, download, settings], api_name="generate")
         prompt.submit(generate, inputs, [video, download, settings], api_visibility="private")
     app.queue(default_concurrency_limit=1, max_size=lim.queue_size)
@@ -327,6 +357,9 @@ def add_parser(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels of every video (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="pixels of every video (default: the model's)")
     p.add_argument("--queue-size", type=int, default=20, help="requests that may wait; more are refused (default 20)")
+    p.add_argument("--lora", type=lora_arg, action="append", default=None, metavar="PATH[:SCALE]",
+                   help="a LoRA adapter visitors may choose (by its file or folder name, at SCALE, default 1); "
+                        "repeat for several")
     add_runtime_arguments(p)
     p.set_defaults(run=serve)
 
@@ -336,6 +369,15 @@ def model_label(model: str, is_demo: bool) -> str:
     if is_demo:
         return "built-in demo model"
     return Path(model).name if os.path.isdir(model) else model
+
+
+def adapter_label(path: str, taken: dict) -> str:
+    """What the page calls a LoRA: its file's stem or folder's name (no server paths), made unique."""
+    base = Path(path.rstrip("/\\")).stem or "lora"
+    name, n = base, 2
+    while name in taken or name == NO_ADAPTER:
+        name, n = f"{base}-{n}", n + 1
+    return name
 
 
 def check_port(host: str, port: int) -> None:
@@ -375,13 +417,18 @@ def serve(args) -> int:
             raise CLIError(str(e)) from None
         folder = model_folder(model, args.variant)
         check_size(request_settings(model, dict(height=args.height, width=args.width)), folder)  # before loading
+        loras = read_loras(args.lora)
         pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=args.variant)
         pipe.to(device)
+        adapters = {}
+        for (lora, scale), (path, _) in zip(loras, args.lora or []):
+            name = adapter_label(path, adapters)
+            adapters[pipe.lora.load(lora, name)] = scale
         if args.compile:
             pipe.enable_fast_path()  # compiled at the first request of each size
         service = WebService(pipe, model_label(model, is_demo), limits, defaults=model_defaults(model),
                              examples=DEMO_EXAMPLES if is_demo else HUB_EXAMPLES, output_dir=str(workdir / "videos"),
-                             is_demo=is_demo)
+                             is_demo=is_demo, adapters=adapters)
         app = build_app(service)
         print(f"videofusion web: {service.model_name}, {service.width}x{service.height}, limits "
               + json.dumps(asdict(limits)) + f"; serving on http://{args.host}:{args.port} (Ctrl-C stops it)",

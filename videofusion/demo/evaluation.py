@@ -9,7 +9,7 @@ shape on a plain background), built to tolerate the soft, noisy output of a smal
    is ``None``;
 3. colour: the median of (pixel - background) over the "core" pixels (distance > 0.6 x contrast),
    classified to the nearest :data:`~videofusion.demo.shapes.COLOURS` entry by hue (``None``
-   if it is grey); hue of a difference from a grey is the hue of the colour itself, and it is
+   if it is grey; with ``extra_colours``, those of :data:`~videofusion.demo.shapes.EXTRA_COLOURS` compete too); hue of a difference from a grey is the hue of the colour itself, and it is
    unchanged by a washed-out shape (blended with the background);
 4. coverage ``alpha`` of each pixel: the projection of (pixel - background) onto
    (shape colour - background), 0 at the background and 1 on the shape;
@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from videofusion.demo.shapes import COLOURS, DIRECTIONS, SHAPES, coverage
+from videofusion.demo.shapes import COLOURS, DIRECTIONS, EXTRA_COLOURS, SHAPES, coverage
 
 MIN_CONTRAST = 0.1   # colour distance (0..1 RGB units) below which a clip counts as blank
 MIN_MOTION = 0.06    # displacement over the clip, as a fraction of the frame extent, to count as motion
@@ -51,21 +51,35 @@ def _hue(rgb: np.ndarray) -> float:
     return (60.0 * h) % 360.0
 
 
-_HUES = {name: _hue(np.asarray(rgb, np.float64)) for name, rgb in COLOURS.items()}
+_HUES = {name: _hue(np.asarray(rgb, np.float64)) for name, rgb in {**COLOURS, **EXTRA_COLOURS}.items()}
 
 
-def classify_colour(rgb: Iterable[float]) -> str | None:
+def check_extra_colours(extra_colours: Iterable[str]) -> tuple[str, ...]:
+    """``extra_colours`` as a tuple, each name checked against :data:`EXTRA_COLOURS` (a ValueError names the
+    unknown ones)."""
+    if isinstance(extra_colours, str):
+        raise TypeError(f"extra_colours must be a list of names, got the string {extra_colours!r}")
+    extra = tuple(extra_colours)
+    unknown = [name for name in extra if name not in EXTRA_COLOURS]
+    if unknown:
+        raise ValueError(f"extra_colours: {unknown} are not among {sorted(EXTRA_COLOURS)}")
+    return extra
+
+
+def classify_colour(rgb: Iterable[float], extra_colours: Iterable[str] = ()) -> str | None:
     """Nearest :data:`COLOURS` name by hue to an RGB colour in [0, 1]; ``None`` if it is grey
-    (max - min channel under ``MIN_SATURATION``).
+    (max - min channel under ``MIN_SATURATION``). ``extra_colours`` (names from :data:`EXTRA_COLOURS`,
+    e.g. ``["orange"]``) are candidates too; by default only :data:`COLOURS` are.
 
     Hue and max - min are unchanged by adding a grey, so ``rgb`` may also be the difference
     between a colour and a grey background (what :func:`analyse_clip` passes).
     """
+    names = list(COLOURS) + [n for n in check_extra_colours(extra_colours) if n not in COLOURS]
     rgb = np.asarray(rgb, np.float64)
     if rgb.max() - rgb.min() < MIN_SATURATION:
         return None
     hue = _hue(rgb)
-    return min(_HUES, key=lambda name: abs((hue - _HUES[name] + 180.0) % 360.0 - 180.0))
+    return min(names, key=lambda name: abs((hue - _HUES[name] + 180.0) % 360.0 - 180.0))
 
 
 def _as_clip(frames) -> np.ndarray:
@@ -155,16 +169,17 @@ def _shape_errors(alpha: np.ndarray) -> dict[str, float] | None:
     return dict(zip(SHAPES, np.median(errors, axis=0).tolist()))
 
 
-def analyse_clip(frames) -> dict:
+def analyse_clip(frames, extra_colours: Iterable[str] = ()) -> dict:
     """Estimate the colour, shape and motion direction of the one shape in a clip.
 
     ``frames``: ``(num_frames, height, width, 3)``, uint8 or float in [0, 1] (numpy, or anything
-    ``np.asarray`` takes). Returns ``{"colour", "shape", "direction"}`` (a vocabulary word,
+    ``np.asarray`` takes); ``extra_colours``: see :func:`classify_colour`. Returns ``{"colour", "shape", "direction"}`` (a vocabulary word,
     ``"none"`` for a still shape, ``None`` when it cannot be told) plus diagnostics: ``contrast``
     (0..1 RGB distance), ``displacement`` = (dx, dy) over the clip as fractions of width and height
     (y grows downwards), and ``shape_errors`` (template distance per shape, lower is better).
     """
     clip = _as_clip(frames)
+    extra_colours = check_extra_colours(extra_colours)
     num_frames = clip.shape[0]
     out = {"colour": None, "shape": None, "direction": None,
            "contrast": 0.0, "displacement": None, "shape_errors": None}
@@ -180,7 +195,7 @@ def analyse_clip(frames) -> dict:
 
     core = distance > 0.6 * contrast  # (f, h, w)
     towards = np.median((clip - background[:, None, None, :])[core], axis=0)  # (3,) background -> shape
-    out["colour"] = classify_colour(towards)
+    out["colour"] = classify_colour(towards, extra_colours)
     alpha = diff @ towards / max(float(towards @ towards), 1e-6)  # (f, h, w): 0 background, 1 shape
     out["direction"], out["displacement"] = _direction(alpha)
     out["shape_errors"] = errors = _shape_errors(alpha)
@@ -198,21 +213,26 @@ _WORDS = {
 }
 
 
-def parse_prompt(prompt: str) -> dict:
+def parse_prompt(prompt: str, extra_colours: Iterable[str] = ()) -> dict:
     """The first colour, shape and direction word of a prompt (``None`` where there is none):
     ``"a red circle moving left"`` -> ``{"colour": "red", "shape": "circle", "direction": "left"}``.
-    Plurals (``circles``) and ``leftward(s)``-style directions are understood."""
+    Plurals (``circles``) and ``leftward(s)``-style directions are understood; ``extra_colours`` (e.g.
+    ``["orange"]``) are colour words too."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     words = re.findall(r"[a-z]+", prompt.lower())
     found = {}
+    extra = {name: name for name in check_extra_colours(extra_colours)}
     for attribute, vocabulary in _WORDS.items():
+        if attribute == "colour" and extra:
+            vocabulary = {**vocabulary, **extra}
         found[attribute] = next((vocabulary[w] for w in words if w in vocabulary), None)
     return found
 
 
-def score_clip(frames, prompt: str, segment_frames: int | None = None) -> dict:
-    """Compare a clip with its prompt.
+def score_clip(frames, prompt: str, segment_frames: int | None = None, extra_colours: Iterable[str] = ()) -> dict:
+    """Compare a clip with its prompt (``extra_colours``, e.g. ``["orange"]``: colour words and classes beside
+    :data:`COLOURS`, see :func:`classify_colour`).
 
     Returns ``{"colour_ok", "shape_ok", "direction_ok"}`` (``True``/``False``, or ``None`` when the
     prompt does not name that attribute), ``"predicted"`` (the :func:`analyse_clip` dict) and
@@ -223,9 +243,9 @@ def score_clip(frames, prompt: str, segment_frames: int | None = None) -> dict:
     ``"segment_directions"`` lists the direction read in each: a long video that moves all along
     shows the prompt's direction in every segment, one that stands still in between shows ``"none"``.
     """
-    expected = parse_prompt(prompt)
+    expected = parse_prompt(prompt, extra_colours)
     clip = _as_clip(frames)
-    predicted = analyse_clip(clip)
+    predicted = analyse_clip(clip, extra_colours)
     result = {f"{a}_ok": None if expected[a] is None else predicted[a] == expected[a] for a in _ATTRIBUTES}
     result.update(predicted=predicted, expected=expected)
     if segment_frames is not None and len(clip) > segment_frames:

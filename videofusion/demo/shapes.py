@@ -6,7 +6,8 @@ is reproducible from its spec alone, and a spec from ``(seed, index, split)`` al
 
 Vocabulary: :data:`COLOURS` x :data:`SHAPES` x :data:`DIRECTIONS` (72 combinations), minus the
 :data:`HELD_OUT` ones kept for testing compositional generalisation. Captions always contain the
-core form ``"a <colour> <shape> moving <direction>"``.
+core form ``"a <colour> <shape> moving <direction>"``. :data:`EXTRA_COLOURS` (orange) are outside that
+vocabulary: data for teaching the model a new word, only when asked for.
 
 Geometry (pixels, origin at the top-left corner, y grows downwards): a shape of size ``s`` is a
 circle of diameter ``s``, an axis-aligned square of side ``s``, or an upright isosceles triangle
@@ -39,6 +40,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "magenta": (220, 50, 220),
     "cyan": (40, 210, 220),
 }
+# Colours the built-in demo model never saw, for teaching it a new word with a LoRA (docs/lora.md):
+# ShapesDataset(extra_colours=...) paints a share of its clips in them, and the evaluator tells them apart
+# from COLOURS only when asked (extra_colours=...). Orange: hue 31 degrees, between red (0) and yellow (54).
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "orange": (245, 140, 30),
+}
+_ALL_COLOURS = {**COLOURS, **EXTRA_COLOURS}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # Pixels per frame on a 64-pixel frame, scaled with the frame extent along the motion; capped so the
@@ -126,7 +134,7 @@ class ShapeSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "start", tuple(self.start))  # a list would make the spec unhashable
-        _check_choice("colour", self.colour, COLOURS)
+        _check_choice("colour", self.colour, _ALL_COLOURS)
         _check_choice("shape", self.shape, SHAPES)
         _check_choice("direction", self.direction, DIRECTIONS)
         _check_choice("speed", self.speed, SPEEDS)
@@ -141,9 +149,11 @@ class ShapeSpec:
 def caption(spec: ShapeSpec, detailed: bool = False) -> str:
     """``"a red circle moving left"``; with ``detailed``, size, speed and background are added:
     ``"a small red circle moving left slowly on a dark background"`` (the core words stay together).
+    A colour that starts with a vowel takes "an": ``"an orange circle moving left"``.
     """
     if not detailed:
-        return f"a {spec.colour} {spec.shape} moving {spec.direction}"
+        article = "an" if spec.colour[0] in "aeiou" else "a"
+        return f"{article} {spec.colour} {spec.shape} moving {spec.direction}"
     return (f"a {spec.size} {spec.colour} {spec.shape} moving {spec.direction} "
             f"{_SPEED_WORDS[spec.speed]} on a {spec.background} background")
 
@@ -231,7 +241,7 @@ def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: 
     if spec.noise > 0:
         texture = np.random.default_rng(spec.seed).standard_normal((height, width, 1), dtype=np.float32)
         background = background + 255.0 * spec.noise * texture  # grey texture, static over the clip
-    colour = np.asarray(COLOURS[spec.colour], np.float32)
+    colour = np.asarray(_ALL_COLOURS[spec.colour], np.float32)
     size = SIZES[spec.size] * min(height, width)
     clip = np.empty((num_frames, height, width, 3), np.uint8)
     axis, backwards = _motion(spec.direction)
@@ -297,19 +307,35 @@ class ShapesDataset(torch.utils.data.Dataset):
     "caption": str}``, a pure function of ``(seed, i, split, start_spread, cross_spread)``, the geometry and
     ``trail`` (see :func:`render_clip`); ``specs[i]`` is its :class:`ShapeSpec`. ``detailed_captions``: True
     gives every clip the detailed caption (size, speed and background added, :func:`caption`), a float that
-    share of the clips (drawn per clip from ``seed``). Batches from a ``DataLoader`` are
-    ``(batch, 3, num_frames, height, width)``.
+    share of the clips (drawn per clip from ``seed``). ``extra_colours`` (names from :data:`EXTRA_COLOURS`,
+    default none) repaints ``extra_share`` of the clips, drawn per clip from ``seed``, in one of them (shape,
+    motion and the rest unchanged; the caption names the new colour); the other clips are exactly those
+    of the data set without them. Batches from a ``DataLoader`` are ``(batch, 3, num_frames, height, width)``.
     """
 
     def __init__(self, n: int, seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64,
                  split: str = "train", detailed_captions: bool | float = False, start_spread: float = 1.0,
-                 trail: int = 0, cross_spread: float = 1.0):
+                 trail: int = 0, cross_spread: float = 1.0, extra_colours: tuple[str, ...] | list[str] = (),
+                 extra_share: float = 0.5):
         _check_geometry(num_frames, height, width)
         _check_positive_int("trail", trail, 0)
         share = float(detailed_captions)
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"detailed_captions must be a bool or a share in [0, 1], got {detailed_captions!r}")
+        if isinstance(extra_colours, str):
+            raise TypeError(f"extra_colours must be a list of names, got the string {extra_colours!r}")
+        extra_colours = list(extra_colours)
+        for name in extra_colours:
+            _check_choice("extra colour", name, EXTRA_COLOURS)
+        if not 0.0 < extra_share <= 1.0:
+            raise ValueError(f"extra_share must be in (0, 1], got {extra_share!r}")
         self.specs = sample_specs(n, seed, split, start_spread, cross_spread)
+        if extra_colours:  # clip i is repainted with probability extra_share, drawn from (seed, i) alone
+            for i in range(n):
+                rng = np.random.default_rng([seed, i, 8])
+                if rng.random() < extra_share:
+                    colour = extra_colours[rng.integers(len(extra_colours))]
+                    self.specs[i] = dataclasses.replace(self.specs[i], colour=colour)
         # clip i has the detailed caption with probability `share`, drawn from (seed, i) alone
         self.detailed = [share == 1.0 or (share > 0.0 and np.random.default_rng([seed, i, 7]).random() < share)
                          for i in range(n)]

@@ -42,6 +42,11 @@ _INDEX_RE = re.compile(
     r"(?P<stem>\w+)\.(?P<ext>safetensors|bin)(?:\.(?P<legacy>\w+))?\.index(?:\.(?P<variant>\w+))?\.json")
 
 
+class MissingWeightsError(FileNotFoundError, ValueError):
+    """A folder has no weight files of the name and variant asked for: an OSError (FileNotFoundError), as
+    diffusers raises there, and a ValueError, as videofusion raised before."""
+
+
 # ---------------------------------------------------------------------------------------------- file names
 
 
@@ -139,9 +144,10 @@ def find_weights(folder: str | os.PathLike, weights_name: str = "diffusion_pytor
                  variant: str | None = None) -> list[Path]:
     """The weight files of ``weights_name`` (a stem) and ``variant`` in ``folder``, safetensors preferred.
 
-    One file, or the shards listed by the index json's ``weight_map`` (in file order). ValueError
-    when the variant is absent (listing the weight files that are there) or an index names a
-    path; FileNotFoundError when a shard listed by the index is missing.
+    One file, or the shards listed by the index json's ``weight_map`` (in file order).
+    :class:`MissingWeightsError` (an OSError and a ValueError) when the variant is absent, listing the weight
+    files that are there; ValueError when an index names a path; FileNotFoundError when a shard listed by
+    the index is missing.
     """
     check_variant(variant)
     folder = Path(folder)
@@ -149,8 +155,8 @@ def find_weights(folder: str | os.PathLike, weights_name: str = "diffusion_pytor
     chosen = [parse_weight_name(n) for n in select_weight_files(names, variant, stems=[weights_name])]
     if not chosen:
         there = _weight_names(names, stems=[weights_name]) or _weight_names(names)
-        raise ValueError(f"no {weights_name} weights of variant {variant!r} in {folder}; weight files there: "
-                         f"{there}" + ("" if variant else " (pass variant= to load one of those)"))
+        raise MissingWeightsError(f"no {weights_name} weights of variant {variant!r} in {folder}; weight files "
+                                  f"there: {there}" + ("" if variant else " (pass variant= to load one of those)"))
     index = [w for w in chosen if w.kind == "index"]
     if index:
         return _shards_of(folder / index[0].name)
@@ -177,20 +183,31 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """One weight file as a CPU state dict, memory-mapped: ``.safetensors`` zero-copy, ``.bin`` via
     ``torch.load(weights_only=True, mmap=True)`` (no pickle code runs). ValueError naming the file
     when it is truncated or corrupt."""
+    state_dict = read_tensors(path)
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} is not a state dict (a dict of tensor name -> tensor)")
+    return state_dict
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor] | list[torch.Tensor]:
+    """A weight file's tensors as saved: a dict of name -> tensor, or a list of tensors (``torch.save`` of a
+    list, as keyless LoRA files are), on the CPU; read as :func:`read_weights` does."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(path, device="cpu")
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:
         cause = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(f"cannot read weights file {path}: it is truncated or corrupt (or, for .bin, holds "
                          f"more than tensors); delete it and download or save it again "
                          f"({type(e).__name__}: {cause})") from e
-    if not (isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
-        raise ValueError(f"{path} is not a state dict (a dict of tensor name -> tensor)")
-    return state_dict
+    tensors = saved.values() if isinstance(saved, dict) else saved if isinstance(saved, (list, tuple)) else None
+    if tensors is None or not all(isinstance(v, torch.Tensor) for v in tensors):
+        raise ValueError(f"{path} holds neither a state dict (a dict of tensor name -> tensor) nor a list of "
+                         f"tensors")
+    return list(saved) if isinstance(saved, tuple) else saved
 
 
 def load_state_dict(folder: str | os.PathLike, weights_name: str = "diffusion_pytorch_model",

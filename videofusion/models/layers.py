@@ -465,6 +465,11 @@ def set_fused_projections(model: nn.Module, fuse: bool = True) -> int:
     return len(layers)
 
 
+def projections_fused(model: nn.Module) -> bool:
+    """Whether any :class:`Attention` of ``model`` runs on fused projections (:func:`set_fused_projections`)."""
+    return any(m.fused_weight is not None for m in model.modules() if isinstance(m, Attention))
+
+
 def set_forward_chunking(model: nn.Module, chunk_size: int | None, dim: int = 0) -> None:
     """Run every :class:`BasicTransformerBlock` feed-forward in chunks of ``chunk_size`` along ``dim``
     (0 or 1); ``chunk_size=None`` turns chunking off. Exact."""

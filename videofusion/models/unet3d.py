@@ -111,17 +111,23 @@ class UNet3DConditionOutput(Output):
     sample: torch.Tensor
 
 
-def attention_layers(cfg: UNet3DConfig, channels: int, head_dim: int | None,
-                     num_layers: int) -> tuple[nn.ModuleList | None, nn.ModuleList | None]:
-    """A block's spatial (``attentions``) and temporal (``temp_attentions``) transformers, one per layer,
-    or ``(None, None)`` for a block without attention (``head_dim`` None)."""
-    if head_dim is None:
-        return None, None
-    heads = channels // head_dim
-    return (nn.ModuleList(Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, cfg.norm_num_groups)
-                          for _ in range(num_layers)),
-            nn.ModuleList(TransformerTemporalModel(channels, heads, head_dim, cfg.norm_num_groups)
-                          for _ in range(num_layers)))
+def block_layers(cfg: UNet3DConfig, in_channels: Sequence[int], out_channels: int, temb_channels: int,
+                 head_dim: int | None) -> tuple[nn.ModuleList | None, ...]:
+    """A block's ``resnets`` (one per entry of ``in_channels``, each to ``out_channels``), ``temp_convs`` and, with
+    ``head_dim``, its spatial (``attentions``) and temporal (``temp_attentions``) transformers (else None, None).
+
+    Created layer by layer (ResNet, temporal conv, transformers), in diffusers' order, so that a model built
+    after ``torch.manual_seed(s)`` has diffusers' random weights."""
+    groups, layers = cfg.norm_num_groups, ([], [], [], [])
+    for channels in in_channels:
+        layers[0].append(ResnetBlock2D(channels, out_channels, temb_channels, groups, cfg.norm_eps, cfg.act_fn))
+        layers[1].append(TemporalConvLayer(out_channels, groups))
+        if head_dim is not None:
+            heads = out_channels // head_dim
+            layers[2].append(Transformer2DModel(out_channels, heads, head_dim, cfg.cross_attention_dim, groups))
+            layers[3].append(TransformerTemporalModel(out_channels, heads, head_dim, groups))
+    resnets, temp_convs, attentions, temp_attentions = (nn.ModuleList(layer) for layer in layers)
+    return resnets, temp_convs, *((attentions, temp_attentions) if head_dim is not None else (None, None))
 
 
 class DownBlock3D(nn.Module):
@@ -131,12 +137,9 @@ class DownBlock3D(nn.Module):
     def __init__(self, cfg: UNet3DConfig, in_channels: int, out_channels: int, temb_channels: int,
                  head_dim: int | None, add_downsample: bool):
         super().__init__()
-        groups, layers = cfg.norm_num_groups, range(cfg.layers_per_block)
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels, groups,
-                          cfg.norm_eps, cfg.act_fn) for i in layers)
-        self.temp_convs = nn.ModuleList(TemporalConvLayer(out_channels, groups) for _ in layers)
-        self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
+        inputs = [in_channels] + [out_channels] * (cfg.layers_per_block - 1)
+        self.resnets, self.temp_convs, self.attentions, self.temp_attentions = block_layers(
+            cfg, inputs, out_channels, temb_channels, head_dim)
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, cfg.downsample_padding)])
                              if add_downsample else None)
         self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
@@ -163,29 +166,30 @@ class UpBlock3D(nn.Module):
                  temb_channels: int, head_dim: int | None, add_upsample: bool, resolution_idx: int = 0):
         super().__init__()
         self.resolution_idx = resolution_idx  # 0 for the deepest up block: FreeU acts on blocks 0 and 1
-        self.freeu: tuple[float, float] | None = None  # (s, b) of FreeU at this block, or off
-        groups, num_layers = cfg.norm_num_groups, cfg.layers_per_block + 1
-        layers = range(num_layers)
-        skip_channels = [in_channels if i == num_layers - 1 else out_channels for i in layers]
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D((prev_channels if i == 0 else out_channels) + skip_channels[i], out_channels,
-                          temb_channels, groups, cfg.norm_eps, cfg.act_fn) for i in layers)
-        self.temp_convs = nn.ModuleList(TemporalConvLayer(out_channels, groups) for _ in layers)
-        self.attentions, self.temp_attentions = attention_layers(cfg, out_channels, head_dim, len(layers))
+        # FreeU's factors (enable_freeu), stored on every up block as diffusers stores them; None: off
+        self.s1: float | None = None
+        self.s2: float | None = None
+        self.b1: float | None = None
+        self.b2: float | None = None
+        num_layers = cfg.layers_per_block + 1
+        skip_channels = [in_channels if i == num_layers - 1 else out_channels for i in range(num_layers)]
+        inputs = [(prev_channels if i == 0 else out_channels) + skip for i, skip in enumerate(skip_channels)]
+        self.resnets, self.temp_convs, self.attentions, self.temp_attentions = block_layers(
+            cfg, inputs, out_channels, temb_channels, head_dim)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
         self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
 
     def forward(self, x: torch.Tensor, skips: list, temb: torch.Tensor, context: torch.Tensor,
                 num_frames: int, upsample_size: Sequence[int] | None = None) -> torch.Tensor:
         """x (b*f, c, h, w); ``skips`` are consumed last-first, one per layer."""
-        rows = self.frames_per_chunk
+        rows, freeu = self.frames_per_chunk, self.freeu()
         for i, (resnet, temp_conv) in enumerate(zip(self.resnets, self.temp_convs)):
             def concat_resnet(x, skip, temb, resnet=resnet):
                 return resnet(torch.cat([x, skip], dim=1), temb)  # (rows, c + c_skip, h, w) in
 
             skip = skips[-1 - i]
-            if self.freeu is not None:  # FreeU: amplify half the backbone channels, damp the skip's low frequencies
-                s, b = self.freeu
+            if freeu is not None:  # FreeU: amplify half the backbone channels, damp the skip's low frequencies
+                s, b = freeu
                 half = x.shape[1] // 2
                 x = torch.cat([x[:, :half] * b, x[:, half:]], dim=1)  # (b*f, c, h, w)
                 skip = fourier_filter(skip, threshold=1, scale=s)
@@ -196,6 +200,13 @@ class UpBlock3D(nn.Module):
             x = map_rows(lambda x: self.upsamplers[0](x, upsample_size), rows, x)
         return x
 
+    def freeu(self) -> tuple[float, float] | None:
+        """FreeU's (skip scale s, backbone scale b) at this block: (s1, b1) in the deepest up block, (s2, b2) in
+        the next; None in the others, or when off (a factor None or 0), as diffusers decides."""
+        if not (self.s1 and self.s2 and self.b1 and self.b2) or self.resolution_idx not in (0, 1):
+            return None
+        return (self.s1, self.b1) if self.resolution_idx == 0 else (self.s2, self.b2)
+
 
 class UNetMidBlock3DCrossAttn(nn.Module):
     """ResNet -> temporal conv -> spatial transformer -> temporal transformer -> ResNet -> temporal conv."""
@@ -203,13 +214,20 @@ class UNetMidBlock3DCrossAttn(nn.Module):
     def __init__(self, cfg: UNet3DConfig, channels: int, temb_channels: int, head_dim: int):
         super().__init__()
         groups, heads = cfg.norm_num_groups, channels // head_dim
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(channels, channels, temb_channels, groups, cfg.norm_eps, cfg.act_fn,
-                          output_scale_factor=cfg.mid_block_scale_factor) for _ in range(2))
-        self.temp_convs = nn.ModuleList(TemporalConvLayer(channels, groups) for _ in range(2))
-        self.attentions = nn.ModuleList(
-            [Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, groups)])
-        self.temp_attentions = nn.ModuleList([TransformerTemporalModel(channels, heads, head_dim, groups)])
+
+        def resnet() -> ResnetBlock2D:
+            return ResnetBlock2D(channels, channels, temb_channels, groups, cfg.norm_eps, cfg.act_fn,
+                                 output_scale_factor=cfg.mid_block_scale_factor)
+
+        # created in diffusers' order (seeded random init gives its weights): ResNet, temporal conv, the two
+        # transformers, ResNet, temporal conv
+        resnet_0, temp_conv_0 = resnet(), TemporalConvLayer(channels, groups)
+        attention = Transformer2DModel(channels, heads, head_dim, cfg.cross_attention_dim, groups)
+        temp_attention = TransformerTemporalModel(channels, heads, head_dim, groups)
+        self.resnets = nn.ModuleList([resnet_0, resnet()])
+        self.temp_convs = nn.ModuleList([temp_conv_0, TemporalConvLayer(channels, groups)])
+        self.attentions = nn.ModuleList([attention])
+        self.temp_attentions = nn.ModuleList([temp_attention])
         self.frames_per_chunk: int | None = None  # per-frame layers over row chunks (frame chunking)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -224,6 +242,7 @@ class UNet3DConditionModel(PretrainedModel):
     keyword arguments (``UNet3DConditionModel(block_out_channels=(32, 64), ...)``)."""
 
     config_class = UNet3DConfig
+    _supports_gradient_checkpointing = True  # diffusers' class says False; ours checkpoints each block
 
     def __init__(self, config: UNet3DConfig | dict | None = None, **kwargs):
         super().__init__()
@@ -241,9 +260,10 @@ class UNet3DConditionModel(PretrainedModel):
             DownBlock3D(cfg, channels[max(i - 1, 0)], channels[i], temb,
                         head_dims[i] if kind == "CrossAttnDownBlock3D" else None, add_downsample=i < n - 1)
             for i, kind in enumerate(cfg.down_block_types))
+        self.up_blocks = nn.ModuleList()  # registered before mid_block, built after it: diffusers' module order
         self.mid_block = UNetMidBlock3DCrossAttn(cfg, channels[-1], temb, head_dims[-1])
         rev_channels, rev_heads = channels[::-1], head_dims[::-1]
-        self.up_blocks = nn.ModuleList(
+        self.up_blocks.extend(
             UpBlock3D(cfg, in_channels=rev_channels[min(i + 1, n - 1)], prev_channels=rev_channels[max(i - 1, 0)],
                       out_channels=rev_channels[i], temb_channels=temb,
                       head_dim=rev_heads[i] if kind == "CrossAttnUpBlock3D" else None, add_upsample=i < n - 1,
@@ -296,14 +316,12 @@ class UNet3DConditionModel(PretrainedModel):
         """FreeU (Si et al. 2023): in the two deepest up blocks, multiply half of the backbone's channels by
         ``b1`` / ``b2`` and the lowest frequencies of the skip features by ``s1`` / ``s2``. No training, no
         weights; diffusers' parameters and numbers. It stays off unless all four are non-zero, as in diffusers."""
-        on = bool(s1 and s2 and b1 and b2)
         for block in self.up_blocks:
-            block.freeu = ((s1, b1) if block.resolution_idx == 0 else (s2, b2)) \
-                if on and block.resolution_idx in (0, 1) else None
+            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
 
     def disable_freeu(self) -> None:
         for block in self.up_blocks:
-            block.freeu = None
+            block.s1 = block.s2 = block.b1 = block.b2 = None
 
     def fuse_qkv_projections(self) -> None:
         """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same
@@ -326,31 +344,31 @@ class UNet3DConditionModel(PretrainedModel):
             if isinstance(m, TransformerTemporalModel):
                 m.temporal_window = value
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each block's activations in the backward pass (training mode with grad only)."""
-        self.gradient_checkpointing = True
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = False
-
     def _run(self, block: nn.Module, *args):
+        """``block(*args)``; with gradient checkpointing on (``enable_gradient_checkpointing``), in training mode
+        with grad, its activations are recomputed in the backward pass instead of stored."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
     # ---- forward ---------------------------------------------------------------------------
 
-    def _timesteps(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
-        """int, float, 0-d or (batch,)/(1,) tensor -> (batch,) tensor on ``device``."""
+    def _timesteps(self, timestep, batch: int, num_frames: int, device: torch.device) -> torch.Tensor:
+        """int, float, 0-d or (batch,)/(1,) tensor -> (batch,) tensor on ``device``; a (batch, num_frames)
+        tensor (one timestep per frame) -> (batch * num_frames,), frame-major within each video."""
         if isinstance(timestep, bool) or not isinstance(timestep, (numbers.Real, torch.Tensor)):
             raise TypeError(f"timestep must be an int, a float or a tensor, got {type(timestep).__name__}")
         if not torch.is_tensor(timestep):
             integral = isinstance(timestep, numbers.Integral)
             timestep = torch.tensor([timestep], dtype=torch.int64 if integral else torch.float64)
-        if timestep.ndim > 1 or timestep.numel() not in (1, batch):
-            raise ValueError(f"timestep: expected a scalar or a ({batch},) tensor, got shape {tuple(timestep.shape)}")
+        per_frame = timestep.ndim == 2 and tuple(timestep.shape) == (batch, num_frames)
+        if not per_frame and (timestep.ndim > 1 or timestep.numel() not in (1, batch)):
+            raise ValueError(f"timestep: expected a scalar, a ({batch},) tensor or a ({batch}, {num_frames}) "
+                             f"tensor (one per frame), got shape {tuple(timestep.shape)}")
         if device.type == "mps" and timestep.dtype == torch.float64:
             timestep = timestep.float()
+        if per_frame:
+            return timestep.reshape(-1).to(device)  # (b*f,)
         return timestep.reshape(-1).to(device).expand(batch)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
@@ -361,9 +379,11 @@ class UNet3DConditionModel(PretrainedModel):
 
         sample: (batch, in_channels, num_frames, height, width); any height/width (sizes that are not
             a multiple of 2**(blocks-1) are upsampled back to the skip sizes, as in diffusers).
-        timestep: diffusion step, an int, a float, a 0-d tensor, or a (batch,) tensor.
+        timestep: diffusion step, an int, a float, a 0-d tensor, a (batch,) tensor, or a (batch, num_frames)
+            tensor: one step per frame (FIFO-Diffusion's queue holds frames at different noise levels).
         encoder_hidden_states: (batch, seq, cross_attention_dim) text embeddings.
-        timestep_cond: (batch, time_cond_proj_dim), only when the config sets time_cond_proj_dim.
+        timestep_cond: (batch, time_cond_proj_dim), only when the config sets time_cond_proj_dim (shared
+            by the frames of a video when the timesteps are per frame).
         cross_attention_kwargs: None or empty (kept for diffusers call compatibility).
         Returns ``UNet3DConditionOutput(sample)`` or ``(sample,)`` with sample
         (batch, out_channels, num_frames, height, width).
@@ -387,9 +407,14 @@ class UNet3DConditionModel(PretrainedModel):
             raise ValueError("timestep_cond: only accepted when the config sets time_cond_proj_dim")
 
         # 1. time: sinusoids (float32) -> MLP in the model's dtype, one row per frame
-        t = timestep_embedding(self._timesteps(timestep, b, sample.device), cfg.block_out_channels[0])
+        steps = self._timesteps(timestep, b, num_frames, sample.device)  # (b,) or (b*f,) per frame
+        per_frame = steps.shape[0] != b
+        if per_frame and timestep_cond is not None:
+            timestep_cond = timestep_cond.repeat_interleave(num_frames, dim=0)  # (b*f, time_cond_proj_dim)
+        t = timestep_embedding(steps, cfg.block_out_channels[0])
         emb = self.time_embedding(t.to(self.time_embedding.linear_1.weight.dtype), timestep_cond)
-        emb = emb.repeat_interleave(num_frames, dim=0)  # (b*f, temb)
+        if not per_frame:
+            emb = emb.repeat_interleave(num_frames, dim=0)  # (b*f, temb)
         context = encoder_hidden_states.repeat_interleave(num_frames, dim=0)  # (b*f, seq, d)
 
         # 2. frames into the batch

@@ -16,20 +16,22 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SettingError
 from ..io.streaming import decoded_chunks, video_writers, write_videos
 from ..long_video import long_video_latents
+from ..models.config import resolve_dtype
 from ..models.layers import OFFLOAD_UNITS
 from ..outputs import Output
-from ..runtime.devices import accelerator_device, warn_no_accelerator
+from ..runtime.devices import accelerator_device, device_map_device, warn_no_accelerator
 from ..runtime.fast import FastPath
 from ..runtime.offload import ModelOffload, SequentialOffload
 from ..runtime.placement import Placement
 from ..runtime.streamed import DEFAULT_BLOCK_BYTES, StreamedOffload
-from ..settings import GenerationSettings, is_count
+from ..settings import GenerationSettings
 from .folders import load_pipeline_components, save_pipeline
+from ..adapters import PipelineAdapters, load_lora, parse_state_dict
+from .inputs import check_call
+from .prompts import embed_texts
 
-OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 logger = logging.getLogger(__name__)
 _XFORMERS_NOTED: list[bool] = []  # the xformers note is logged once per process
 
@@ -51,6 +53,7 @@ class VideoPipeline:
     :mod:`videofusion.schedulers`), with the memory options and the steps of a call."""
 
     component_names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    _optional_components: list[str] = []  # diffusers' attribute: components that may be None (none here)
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         self.vae = vae
@@ -59,23 +62,27 @@ class VideoPipeline:
         self.unet = unet
         self.scheduler = scheduler
         self.placement = Placement()
+        self.lora = PipelineAdapters(self)  # LoRA adapters on the UNet and text encoder
+        self.prompt_weighting = False  # (word:1.3) syntax: enable_prompt_weighting()
         self._progress_bar_config: dict = {}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, *,
                         torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
-                        variant: str | None = None, **kwargs):
+                        variant: str | None = None, dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+                        device_map: str | torch.device | None = None, **kwargs):
         """Load a diffusers-format pipeline folder or Hub id (``model_index.json`` + one subfolder per
         component). ``variant="fp16"`` reads the ``*.fp16.*`` weight files where a component has them (a
-        variant no component has is an error); ``torch_dtype`` casts the models (one dtype, or a dict per
-        component with an optional ``"default"``). Keyword arguments named after a component
-        (``scheduler=...``, ``unet=...``) replace that component; ``cache_dir``, ``revision`` and
-        ``local_files_only`` go to the Hub; ``low_cpu_mem_usage`` is accepted (see
-        :func:`~videofusion.pipelines.folders.load_pipeline_components`)."""
-        components = load_pipeline_components(pretrained_model_name_or_path, cls.component_names,
-                                              torch_dtype=torch_dtype, variant=variant, **kwargs)
-        return cls(**components)
+        variant no component has is an error); ``torch_dtype`` (or ``dtype``) casts the models (one dtype, or a
+        dict per component with an optional ``"default"``); ``device_map`` ("cpu", "cuda": one device) moves the
+        pipeline there (:func:`~videofusion.runtime.devices.device_map_device`). Keyword arguments named after a
+        component (``scheduler=...``) replace it; ``cache_dir``, ``revision``, ``local_files_only`` go to the
+        Hub; ``low_cpu_mem_usage`` is accepted (:func:`~videofusion.pipelines.folders.load_pipeline_components`)."""
+        device = device_map_device(device_map)  # checked before anything loads
+        pipe = cls(**load_pipeline_components(pretrained_model_name_or_path, cls.component_names, variant=variant,
+                                              torch_dtype=resolve_dtype(dtype, torch_dtype), **kwargs))
+        return pipe if device is None else pipe.to(device)
 
     def save_pretrained(self, save_directory: str, *, variant: str | None = None,
                         safe_serialization: bool = True) -> None:
@@ -247,38 +254,62 @@ class VideoPipeline:
     def disable_xformers_memory_efficient_attention(self) -> None:
         """Accepted for scripts written for diffusers; changes nothing (see the enable method)."""
 
+    def enable_prompt_weighting(self) -> None:
+        """Read prompts (and negative prompts) in sd-webui's weighting syntax, ``(word:1.3)``, ``(word)``,
+        ``[word]`` (:mod:`videofusion.pipelines.prompt_weighting`). Off by default: brackets are then text."""
+        self.prompt_weighting = True
+
+    def disable_prompt_weighting(self) -> None:
+        self.prompt_weighting = False
+
+    # ------------------------------------------------------------------ LoRA adapters (diffusers' API)
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
+                          adapter_name: str | None = None, **hub_kwargs) -> None:
+        """Load a LoRA onto the UNet and/or text encoder: a file, a folder, a Hub id (``hub_kwargs``: cache_dir,
+        revision, local_files_only, subfolder) or a state dict, in any format of :mod:`videofusion.adapters`
+        (diffusers, PEFT, stable_lora, keyless ``.pt``). Named ``adapter_name`` (default ``default_<n>``),
+        active with weight 1 beside the adapters already loaded (:attr:`lora` holds them)."""
+        source = pretrained_model_name_or_path_or_dict
+        lora = parse_state_dict(source) if isinstance(source, dict) else load_lora(source, weight_name, **hub_kwargs)
+        self.lora.load(lora, adapter_name)
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
+        """Make ``adapter_names`` the active adapters, with ``adapter_weights`` (default 1 each)."""
+        self.lora.set_active(adapter_names, adapter_weights)
+
+    def get_active_adapters(self) -> list[str]:
+        return self.lora.active()
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """Component -> the adapters loaded on it."""
+        return self.lora.by_component()
+
+    def fuse_lora(self, components: list[str] = ("unet", "text_encoder"), lora_scale: float = 1.0,
+                  adapter_names: list[str] | None = None) -> None:
+        """Add the active adapters (or ``adapter_names``) times ``lora_scale`` into the weights: calls then run
+        at the base model's speed. :meth:`unfuse_lora` restores the weights exactly."""
+        self.lora.fuse(list(components), lora_scale, adapter_names)
+
+    def unfuse_lora(self, components: list[str] = ("unet", "text_encoder")) -> None:
+        self.lora.unfuse(list(components))
+
+    def unload_lora_weights(self) -> None:
+        """Every adapter out (fused ones too): the models exactly as loaded."""
+        self.lora.unload()
+
+    def delete_adapters(self, adapter_names: str | list[str]) -> None:
+        self.lora.delete(adapter_names)
+
     # ------------------------------------------------------------------ the steps of a call
     def check_inputs(self, settings: GenerationSettings, prompt, negative_prompt, generator, latents,
                      prompt_embeds, negative_prompt_embeds, output_type: str, callback_steps,
                      cross_attention_kwargs, num_videos_per_prompt) -> int:
         """Check what a call passes besides its :class:`~videofusion.settings.GenerationSettings` (already
-        checked and sized), before any model runs; returns the number of videos."""
-        if not is_count(num_videos_per_prompt):
-            raise SettingError("num_videos_per_prompt", num_videos_per_prompt, "an integer >= 1")
-        if settings.eta > 0 and not self.scheduler.accepts_eta:
-            raise ValueError(f"eta: only schedulers with an eta (DDIM) use it; {type(self.scheduler).__name__} "
-                             "does not, so pass eta=0")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type: {output_type!r} is not one of {list(OUTPUT_TYPES)}")
-        if not is_count(callback_steps):
-            raise ValueError(f"callback_steps: must be a positive integer, got {callback_steps!r}")
-        if cross_attention_kwargs:
-            raise ValueError(f"cross_attention_kwargs: videofusion's attention takes no extra arguments, "
-                             f"got {sorted(cross_attention_kwargs)}")
-        batch = _prompt_batch(prompt, prompt_embeds)
-        _check_negative(negative_prompt, negative_prompt_embeds, prompt_embeds, batch)
-        total = batch * num_videos_per_prompt
-        if isinstance(generator, (list, tuple)) and len(generator) not in (1, total):
-            raise ValueError(f"generator: a list of {len(generator)} generators was passed for {total} video(s) "
-                             f"({batch} prompt(s) x num_videos_per_prompt={num_videos_per_prompt}); "
-                             "pass one per video or a single generator")
-        if latents is not None:
-            expected = self.latent_shape(total, settings)
-            if tuple(latents.shape) != expected:
-                raise ValueError(f"latents: expected shape {expected} (batch, channels, num_frames, "
-                                 f"height/{self.vae_scale_factor}, width/{self.vae_scale_factor}), "
-                                 f"got {tuple(latents.shape)}")
-        return total
+        checked and sized), before any model runs; returns the number of videos
+        (:func:`videofusion.pipelines.inputs.check_call`)."""
+        return check_call(self, settings, prompt, negative_prompt, generator, latents, prompt_embeds,
+                          negative_prompt_embeds, output_type, callback_steps, cross_attention_kwargs,
+                          num_videos_per_prompt)
 
     def latent_shape(self, num_videos: int, settings: GenerationSettings) -> tuple[int, ...]:
         """``(videos, channels, num_frames, height / scale, width / scale)`` for sized settings."""
@@ -318,19 +349,7 @@ class VideoPipeline:
         return prompt_embeds, negative_prompt_embeds
 
     def _embed(self, texts: list[str], device: torch.device, clip_skip: int | None) -> torch.Tensor:
-        limit = self.tokenizer.model_max_length
-        ids = self.tokenizer(texts, padding="max_length", max_length=limit, truncation=True,
-                             return_tensors="pt").input_ids  # (n, 77)
-        whole = self.tokenizer(texts, padding="longest", return_tensors="pt", verbose=False).input_ids  # (n, >= 77 if cut)
-        if whole.shape[-1] > limit:  # as diffusers: say what CLIP cannot see
-            cut = self.tokenizer.batch_decode(whole[:, limit - 1:-1], skip_special_tokens=True)
-            logger.warning("The following part of your input was truncated because CLIP can only handle "
-                           "sequences up to %d tokens: %s", limit, [c for c in cut if c])
-        ids = ids.to(device)
-        if clip_skip is None:
-            return self.text_encoder(ids)[0]
-        hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        return self.text_encoder.text_model.final_layer_norm(hidden)
+        return embed_texts(self.tokenizer, self.text_encoder, texts, device, clip_skip, self.prompt_weighting)
 
     def prepare_latents(self, num_videos: int, settings: GenerationSettings, generator, device: torch.device,
                         dtype: torch.dtype, latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -342,17 +361,31 @@ class VideoPipeline:
                                          settings.noise, settings.noise_ratio, settings.long_video)
         return latents.to(device) * self.scheduler.init_noise_sigma  # (b, c, f, h, w)
 
+    def classifier_free_guidance(self, settings: GenerationSettings) -> bool:
+        """Whether a call mixes two UNet predictions (conditional and negative): ``guidance_scale > 1`` and a
+        UNet without embedded guidance. A guidance-distilled UNet (``unet.config.time_cond_proj_dim`` set)
+        reads the weight from its ``timestep_cond`` instead (:func:`guidance_embedding`): one call per step."""
+        return settings.guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 settings: GenerationSettings, generator=None,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1,
                 num_steps: int | None = None) -> torch.Tensor:
         """The denoising loop over ``timesteps`` (the scheduler's, or a tail of them): latents
         ``(b, c, f, h, w)`` -> latents. ``context``: the text embeddings, negative ones first with guidance
-        (``settings.guidance_scale > 1``: the UNet sees the batch twice and the two predictions are mixed).
+        (:meth:`classifier_free_guidance`: the UNet sees the batch twice and the two predictions are mixed).
+        A guidance-distilled UNet gets ``guidance_embedding(guidance_scale - 1)`` as ``timestep_cond`` and the
+        prompts' embeddings alone (of a ``(2b, ...)`` context, the second half), as diffusers' LCM pipelines.
         ``num_steps``: the steps the progress bar counts (default ``settings.num_inference_steps``; fewer
         when a tail of the schedule runs, as in video-to-video)."""
-        guided = settings.guidance_scale > 1.0
+        guided = self.classifier_free_guidance(settings)
         b, c, f, h, w = latents.shape
+        cond_dim = self.unet.config.time_cond_proj_dim
+        timestep_cond = None
+        if cond_dim is not None:
+            context = context[b:] if context.shape[0] == 2 * b else context  # (b, 77, d)
+            timestep_cond = guidance_embedding(torch.full((b,), settings.guidance_scale - 1.0), cond_dim)
+            timestep_cond = timestep_cond.to(device=latents.device, dtype=latents.dtype)  # (b, cond_dim)
         # The scheduler steps on frames folded into the batch, as diffusers does, so stochastic
         # schedulers draw the same noise; with one generator per video, each video's frames share it.
         step_generator = generator
@@ -372,7 +405,8 @@ class VideoPipeline:
                 for i, t in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents  # (2b, c, f, h, w)
                     model_input = self.scheduler.scale_model_input(model_input, t)
-                    noise_pred = unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
+                    noise_pred = unet(model_input, t, encoder_hidden_states=context, timestep_cond=timestep_cond,
+                                      return_dict=False)[0]
                     if guided:
                         uncond, cond = noise_pred.chunk(2)
                         noise_pred = uncond + settings.guidance_scale * (cond - uncond)
@@ -406,6 +440,7 @@ class VideoPipeline:
             else:
                 video = self.postprocess(torch.cat(list(chunks), dim=2), output_type)
         self.placement.end_call()
+        self.lora.set_call_scale(1.0)  # a call's cross_attention_kwargs scale ends with it
         return TextToVideoSDPipelineOutput(frames=video, paths=paths) if return_dict else (video,)
 
     def video_writers(self, output_path, output_type: str, num_videos: int, fps: float):
@@ -435,32 +470,20 @@ class VideoPipeline:
         return [[Image.fromarray(f) for f in (v * 255).round().astype("uint8")] for v in frames]
 
 
-def _prompt_batch(prompt, prompt_embeds) -> int:
-    """The number of prompts: exactly one of ``prompt`` (a string or a non-empty list of strings) and
-    ``prompt_embeds`` (a (batch, tokens, dim) tensor) must be given."""
-    if (prompt is None) == (prompt_embeds is None):
-        raise ValueError("prompt and prompt_embeds: pass exactly one of them")
-    if prompt is not None:
-        if isinstance(prompt, str):
-            return 1
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            return len(prompt)
-        raise ValueError(f"prompt: must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-    if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
-        raise ValueError("prompt_embeds: must be a tensor (batch, tokens, dim)")
-    return prompt_embeds.shape[0]
+def guidance_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The guidance weight of a guidance-distilled UNet as its ``timestep_cond`` (:meth:`VideoPipeline.denoise`;
+    Luo et al. 2023, "Latent Consistency Models", sec. 4.2; VDM's embedding, with diffusers' LCM numbers):
+    ``[sin(1000 w f_i), cos(1000 w f_i)]``, sines first, ``f_i = 10000 ** (-i / (half - 1))`` for
+    ``i < half = embedding_dim // 2``, a zero column appended when ``embedding_dim`` is odd.
 
-
-def _check_negative(negative_prompt, negative_prompt_embeds, prompt_embeds, batch: int) -> None:
-    if negative_prompt is not None and negative_prompt_embeds is not None:
-        raise ValueError("negative_prompt and negative_prompt_embeds: pass at most one of them")
-    if isinstance(negative_prompt, list):
-        if len(negative_prompt) != batch or not all(isinstance(p, str) for p in negative_prompt):
-            raise ValueError(f"negative_prompt: a list of {len(negative_prompt)} was passed for "
-                             f"{batch} prompt(s); pass one string or one per prompt")
-    elif negative_prompt is not None and not isinstance(negative_prompt, str):
-        raise ValueError(f"negative_prompt: must be a string or a list of strings, "
-                         f"got {type(negative_prompt).__name__}")
-    if negative_prompt_embeds is not None:
-        if prompt_embeds is None or negative_prompt_embeds.shape != prompt_embeds.shape:
-            raise ValueError("negative_prompt_embeds: must come with prompt_embeds of the same shape")
+    ``w``: (n,) weights in the distillation's convention, ``guidance_scale - 1`` (0: the conditional
+    prediction alone). Returns (n, embedding_dim), computed in ``dtype`` (default float32).
+    """
+    if w.ndim != 1:
+        raise ValueError(f"w: expected a (n,) tensor of guidance weights, got shape {tuple(w.shape)}")
+    half = embedding_dim // 2
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    frequencies = torch.exp(torch.arange(half, dtype=dtype) * -step)  # (half,)
+    args = (w * 1000.0).to(dtype)[:, None] * frequencies[None, :]  # (n, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (n, 2 * half)
+    return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 else emb

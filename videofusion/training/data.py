@@ -103,21 +103,30 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
 
 def open_dataset(spec: str | dict, num_frames: int, height: int, width: int) -> torch.utils.data.Dataset:
     """A dataset from a config value: a path (folder or .jsonl), or ``{"shapes": N, "seed": S}`` (optional
-    ``"start_spread"``, ``"cross_spread"``, ``"trail"`` and ``"detailed_captions"``) for N synthetic moving-shape clips
-    (:class:`~videofusion.demo.shapes.ShapesDataset`)."""
+    ``"start_spread"``, ``"cross_spread"``, ``"trail"``, ``"detailed_captions"``, and ``"extra_colours"``, a list of
+    :data:`~videofusion.demo.shapes.EXTRA_COLOURS` names painted on ``"extra_share"`` of the clips, default 0.5) for
+    N synthetic moving-shape clips (:class:`~videofusion.demo.shapes.ShapesDataset`)."""
     if isinstance(spec, dict):
         if "shapes" not in spec:
             raise ValueError(f"data: a dict must be {{\"shapes\": N, \"seed\": S}}, got {spec}")
         from ..demo.shapes import ShapesDataset
-        accepted = ("shapes", "seed", "start_spread", "cross_spread", "trail", "detailed_captions")
+        accepted = ("shapes", "seed", "start_spread", "cross_spread", "trail", "detailed_captions", "extra_colours",
+                    "extra_share")
         unknown = sorted(set(spec) - set(accepted))
         if unknown:
             raise ValueError(f"data: unknown keys {unknown}; accepted: {', '.join(accepted)}")
+        from ..demo.shapes import EXTRA_COLOURS
+        extra = spec.get("extra_colours", [])
+        if not (isinstance(extra, list) and all(name in EXTRA_COLOURS for name in extra)):
+            raise ValueError(f"data: extra_colours must be a list of {sorted(EXTRA_COLOURS)}, got {extra!r}")
+        if "extra_share" in spec and not extra:
+            raise ValueError("data: extra_share needs extra_colours")
         return ShapesDataset(int(spec["shapes"]), seed=int(spec.get("seed", 0)), num_frames=num_frames,
                              height=height, width=width, split="train",
                              start_spread=float(spec.get("start_spread", 1.0)), trail=int(spec.get("trail", 0)),
                              cross_spread=float(spec.get("cross_spread", 1.0)),
-                             detailed_captions=float(spec.get("detailed_captions", 0.0)))
+                             detailed_captions=float(spec.get("detailed_captions", 0.0)),
+                             extra_colours=extra, extra_share=float(spec.get("extra_share", 0.5)))
     return VideoCaptionDataset(spec, num_frames=num_frames, height=height, width=width)
 
 

@@ -26,16 +26,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters.formats import write_lora
 from ..noise import initial_latents
 from ..io.hub import resolve_pretrained
 from ..io.saving import atomic_write, atomic_write_text
 from ..pipelines.folders import native_geometry
 from ..runtime.devices import pick_device
 from ..settings import GenerationSettings, is_count
+from .lora import TEXT_LORA_TARGETS, add_lora_adapters, load_lora_state, lora_state
 from .plot import loss_plot
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pt"
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections, as diffusers' scripts
+LORA_FILE = "lora/pytorch_lora_weights.safetensors"
 
 
 @dataclass
@@ -44,7 +48,8 @@ class TrainConfig:
 
     model: str                       # pipeline folder (or Hub id) to start from
     output_dir: str                  # checkpoint.pt, model/ (the trained pipeline), loss.png, log.json
-    data: Any                        # videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, [start_spread, cross_spread, trail]}
+    data: Any                        # videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, [start_spread, cross_spread, trail,
+    #   detailed_captions, extra_colours, extra_share]}
     num_frames: int = 16
     height: int | None = None        # pixels; None: the model's own size (unet sample_size x VAE scale factor)
     width: int | None = None         # pixels; None: the model's own size
@@ -66,6 +71,9 @@ class TrainConfig:
     #   (temporal: what differs between frames, i.e. the motion); the loss is |static|^2 + w * |temporal|^2,
     #   so w > 1 makes motion errors cost more; 1 = the plain MSE
     train_text_encoder: bool = False
+    lora_rank: int | None = None     # train LoRA adapters of this rank only (the model frozen); saved to lora/
+    lora_alpha: float | None = None  # LoRA scaling alpha / rank; default: the rank
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # layer names or endings
     mixed_precision: str = "no"      # "no", "bf16" (CPU or CUDA), "fp16" (CUDA)
     gradient_checkpointing: bool = False
     ema_decay: float | None = None   # e.g. 0.999; the saved model then holds the EMA weights
@@ -99,31 +107,45 @@ class TrainConfig:
             raise ValueError(f"timestep_power: must be > 0, got {self.timestep_power}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.lora_rank is not None and not is_count(self.lora_rank):
+            raise ValueError(f"lora_rank: must be an integer >= 1 or absent, got {self.lora_rank!r}")
+        if self.lora_alpha is not None and (self.lora_rank is None or not self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha: must be a number > 0, with lora_rank, got {self.lora_alpha!r}")
+        if not (isinstance(self.lora_target_modules, list) and self.lora_target_modules
+                and all(isinstance(t, str) and t for t in self.lora_target_modules)):
+            raise ValueError(f"lora_target_modules: must be a non-empty list of layer names, "
+                             f"got {self.lora_target_modules!r}")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
         """Read a ``.json`` or ``.toml`` file whose keys are this class's fields."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config: {path} does not exist")
-        if path.suffix == ".toml":
-            import tomllib
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        elif path.suffix == ".json":
-            values = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise ValueError(f"config: {path} must be a .json or .toml file")
-        values.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; accepted: {sorted(known)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in values]
-        if missing:
-            raise ValueError(f"config: {path} does not set {', '.join(missing)} (configs/finetune-demo.toml is "
-                             "an example)")
-        return cls(**values)
+        return read_config_file(cls, path, overrides, example="configs/finetune-demo.toml")
+
+
+def read_config_file(cls: type, path: str | os.PathLike, overrides: dict[str, Any], example: str):
+    """An instance of the dataclass ``cls`` from a ``.json`` or ``.toml`` file whose keys are its fields, with
+    ``overrides`` applied; unknown keys and missing required keys are errors naming them (``example``: a
+    config file the message points to)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: {path} does not exist")
+    if path.suffix == ".toml":
+        import tomllib
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    elif path.suffix == ".json":
+        values = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"config: {path} must be a .json or .toml file")
+    values.update(overrides)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; accepted: {sorted(known)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in values]
+    if missing:
+        raise ValueError(f"config: {path} does not set {', '.join(missing)} ({example} is an example)")
+    return cls(**values)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -141,18 +163,23 @@ def sample_timesteps(n: int, num_train_timesteps: int, power: float, g: torch.Ge
 
 
 class EMA:
-    """Exponential moving average of parameters (float32 shadow copies), warmed up as
-    ``decay_k = min(decay, (1 + k) / (10 + k))``."""
+    """Exponential moving average of parameters, warmed up as ``decay_k = min(decay, (1 + k) / (10 + k))``
+    (``warmup=False``: ``decay`` from the first step). The average lives in ``shadow``: float32 copies of
+    ``params`` by default, or given tensors updated in place (e.g. the parameters of a target network, as
+    consistency distillation's EMA target)."""
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay = params, decay
-        self.shadow = [p.detach().float().clone() for p in params]
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, shadow: list[torch.Tensor] | None = None,
+                 warmup: bool = True):
+        self.params, self.decay, self.warmup = params, decay, warmup
+        if shadow is not None and [s.shape for s in shadow] != [p.shape for p in params]:
+            raise ValueError("shadow: must hold one tensor of each parameter's shape, in order")
+        self.shadow = [p.detach().float().clone() for p in params] if shadow is None else shadow
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
+        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().float(), 1.0 - decay)
+            s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
@@ -231,23 +258,118 @@ def _load_unet_weights(unet, folder: str) -> None:
     unet.load_state_dict(source.state_dict())
 
 
+class LatentBatches:
+    """The clips of a data set as the UNet sees them: step ``k``'s batch drawn from its generator (clip indices,
+    then caption dropout), encoded by the frozen VAE (:func:`encode_clips`), each clip once when ``cache``."""
+
+    def __init__(self, dataset, vae, device: torch.device, cache: bool = False, foreground: bool = False):
+        from .data import captions_of
+        self.dataset, self.vae, self.device, self.cache, self.foreground = dataset, vae, device, cache, foreground
+        self.captions = captions_of(dataset)
+        self._cached: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = encode_clips(self.vae, clips.to(self.device))  # (b, 4, f, h', w')
+        return z, (foreground_coverage(clips, z.shape[-2:]).to(self.device) if self.foreground else None)
+
+    def latents(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents (b, 4, f, h', w') of the clips, and their foreground coverage (b, 1, f, h', w') when
+        ``foreground`` (else None)."""
+        if not self.cache:
+            return self._encode(torch.stack([self.dataset[i]["video"] for i in indices]))
+        missing = [i for i in indices if i not in self._cached]
+        if missing:
+            z, cover = self._encode(torch.stack([self.dataset[i]["video"] for i in missing]))
+            for k, i in enumerate(missing):
+                self._cached[i] = (z[k].cpu(), cover[k].cpu() if self.foreground else None)
+        z = torch.stack([self._cached[i][0] for i in indices]).to(self.device)
+        return z, (torch.stack([self._cached[i][1] for i in indices]).to(self.device) if self.foreground else None)
+
+    def draw(self, g: torch.Generator, batch_size: int, caption_dropout: float = 0.0
+             ) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        """A batch from ``g``: captions (empty with probability ``caption_dropout``), latents, coverage."""
+        indices = torch.randint(len(self.dataset), (batch_size,), generator=g).tolist()
+        drop = (torch.rand(batch_size, generator=g) < caption_dropout).tolist()
+        captions = ["" if d else self.captions[i] for i, d in zip(indices, drop)]
+        return (captions, *self.latents(indices))
+
+
+def embed_captions(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
+    """The text encoder's last hidden states (b, tokens, d) of ``captions``, padded to the tokenizer's length."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def make_optimizer(groups: list[dict], weight_decay: float, warmup_steps: int):
+    """AdamW over the parameter ``groups`` and its learning-rate schedule: linear warm-up over
+    ``warmup_steps`` (0: none), then constant. Returns (optimizer, schedule)."""
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps else 1.0)
+    return optimizer, schedule
+
+
+class TrainingRun:
+    """A training command's bookkeeping in ``output_dir``: the checkpoint it resumes from (``state``, None when
+    starting over), the loss of every step, the time spent, the progress bar, checkpoints every
+    ``checkpoint_every`` steps and at the end, then ``loss.png`` and ``log.json``; every file atomic."""
+
+    def __init__(self, output_dir: str | os.PathLike, steps: int, checkpoint_every: int, resume: bool = True):
+        self.out = Path(output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.steps, self.checkpoint_every = steps, checkpoint_every
+        self.path = self.out / CHECKPOINT
+        self.state = torch.load(self.path, map_location="cpu", weights_only=True) \
+            if resume and self.path.is_file() else None
+        self.start = self.state["step"] if self.state else 0
+        self.losses: list[float] = self.state["losses"] if self.state else []
+        self.elapsed: float = self.state["elapsed"] if self.state else 0.0
+
+    def run(self, step_fn, state_fn, progress: bool = True, desc: str = "training") -> None:
+        """Steps ``start .. steps - 1``: ``step_fn(k)`` does step k and returns its loss; ``state_fn()`` is the
+        dict of tensors and state dicts a checkpoint holds besides the step, losses and time."""
+        bar = tqdm(total=self.steps, initial=self.start, desc=desc, disable=not progress)
+        for step in range(self.start, self.steps):
+            t0 = time.perf_counter()
+            self.losses.append(step_fn(step))
+            self.elapsed += time.perf_counter() - t0
+            recent = self.losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+            bar.update()
+            if (step + 1) % self.checkpoint_every == 0 or step + 1 == self.steps:
+                state = {"step": step + 1, "losses": self.losses, "elapsed": self.elapsed, **state_fn()}
+                atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        bar.close()
+
+    def finish(self, title: str, summary: dict) -> dict:
+        """Write ``loss.png`` (titled ``title``) and ``log.json``: ``summary`` with the step count, the mean of
+        the last 50 losses and the seconds spent. Returns that dict."""
+        save_loss_curve(self.losses, self.out / "loss.png", title=title)
+        tail = self.losses[-50:]
+        summary = {"steps": self.steps, "final_loss_avg50": sum(tail) / max(1, len(tail)),
+                   "seconds": round(self.elapsed, 1), **summary, "torch": torch.__version__}
+        atomic_write_text(self.out / "log.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     """Run (or resume) training; returns a summary dict (also written to ``output_dir/log.json``).
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, then the trained pipeline
-    to ``output_dir/model`` (diffusers layout) and ``loss.png``. All files are written atomically.
+    to ``output_dir/model`` (diffusers layout; with ``lora_rank``, the adapters alone to ``output_dir/lora``,
+    diffusers' LoRA format) and ``loss.png``. All files are written atomically.
     """
     from ..pipelines.text_to_video import TextToVideoSDPipeline
     from ..schedulers import DDPMScheduler
-    from .data import captions_of, open_dataset
+    from .data import open_dataset
 
     device = pick_device(config.device)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 on the CPU")
     folder, config = resolve_model(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(config.data, config.num_frames, config.height, config.width)
+    run = TrainingRun(config.output_dir, config.steps, config.checkpoint_every, resume)
     pipe = TextToVideoSDPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
     if config.unet_from:
         _load_unet_weights(pipe.unet, config.unet_from)
@@ -265,29 +387,32 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         raise ValueError(f"prediction_type: training supports epsilon and v_prediction, got {prediction_type!r}")
 
     vae.requires_grad_(False).eval()
-    text_encoder.requires_grad_(config.train_text_encoder)
+    lora = config.lora_rank is not None
+    text_encoder.requires_grad_(config.train_text_encoder and not lora)
     text_encoder.train(config.train_text_encoder)
-    unet.requires_grad_(True).train()
+    unet.requires_grad_(not lora).train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    groups = [{"params": list(unet.parameters()), "lr": config.learning_rate}]
+    adapters = add_lora_adapters(pipe, config) if lora else {}  # component -> layer -> trainable update
+    parameters = {"unet": list(unet.parameters()), "text_encoder": list(text_encoder.parameters())} if not lora \
+        else {c: [p for u in layers.values() for p in (u.down, u.up)] for c, layers in adapters.items()}
+    groups = [{"params": parameters["unet"], "lr": config.learning_rate}]
     if config.train_text_encoder:
-        groups.append({"params": list(text_encoder.parameters()),
+        groups.append({"params": parameters["text_encoder"],
                        "lr": config.text_encoder_learning_rate or config.learning_rate})
     trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: min(1.0, (k + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0)
+    optimizer, schedule = make_optimizer(groups, config.weight_decay, config.lr_warmup_steps)
     ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
     scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
 
-    start, losses, elapsed = 0, [], 0.0
-    checkpoint_path = out / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        unet.load_state_dict(state["unet"])
-        if config.train_text_encoder:
+    if run.state is not None:
+        state = run.state
+        if lora:
+            load_lora_state(adapters, state["lora"])
+        else:
+            unet.load_state_dict(state["unet"])
+        if config.train_text_encoder and not lora:
             text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -295,48 +420,25 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         if ema is not None:
             for s, saved in zip(ema.shadow, state["ema"]):
                 s.copy_(saved)
-        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-
-    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     weighted = config.foreground_weight > 1.0
+    batches = LatentBatches(dataset, vae, device, config.cache_latents, foreground=weighted)
 
-    def encode(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = encode_clips(vae, clips.to(device))  # (b, 4, f, h', w')
-        return z, (foreground_coverage(clips, z.shape[-2:]).to(device) if weighted else None)
-
-    def latents_of(indices: list[int], videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Latents (b, 4, f, h', w') of the clips, and their foreground coverage (b, 1, f, h', w') when
-        the loss is weighted (else None)."""
-        if not config.cache_latents:
-            return encode(videos)
-        missing = [i for i in indices if i not in latent_cache]
-        if missing:
-            z, cover = encode(torch.stack([dataset[i]["video"] for i in missing]))
-            for k, i in enumerate(missing):
-                latent_cache[i] = (z[k].cpu(), cover[k].cpu() if weighted else None)
-        z = torch.stack([latent_cache[i][0] for i in indices]).to(device)
-        return z, (torch.stack([latent_cache[i][1] for i in indices]).to(device) if weighted else None)
-
-    def save_checkpoint(step: int) -> None:
-        state = {"step": step, "losses": losses, "elapsed": elapsed, "unet": unet.state_dict(),
-                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+    def state_fn() -> dict:
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "scaler": scaler.state_dict(), "ema": ema.shadow if ema is not None else None,
                  "config": dataclasses.asdict(config)}
-        if config.train_text_encoder:
+        if lora:
+            state["lora"] = lora_state(adapters)
+        else:
+            state["unet"] = unet.state_dict()
+        if config.train_text_encoder and not lora:
             state["text_encoder"] = text_encoder.state_dict()
-        atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+        return state
 
-    all_captions = captions_of(dataset)
-    bar = tqdm(total=config.steps, initial=start, desc="training", disable=not progress)
-    for step in range(start, config.steps):
-        t0 = time.perf_counter()
+    def step_fn(step: int) -> float:
         g = step_generator(config.seed, step)
         torch.manual_seed(g.initial_seed())  # dropout and anything else drawing from the global RNG
-        indices = torch.randint(len(dataset), (config.batch_size,), generator=g).tolist()
-        drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).tolist()
-        captions = ["" if d else all_captions[i] for i, d in zip(indices, drop)]
-        videos = None if config.cache_latents else torch.stack([dataset[i]["video"] for i in indices])
-        z0, cover = latents_of(indices, videos)  # (b, 4, f, h, w), (b, 1, f, h, w) or None
+        captions, z0, cover = batches.draw(g, config.batch_size, config.caption_dropout)  # z0: (b, 4, f, h, w)
         noise = initial_latents(z0.shape, g, device, z0.dtype,
                                 noise="decomposed" if config.noise_ratio > 0 else "independent",
                                 noise_ratio=config.noise_ratio)
@@ -344,11 +446,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
                                      config.timestep_power, g).to(device)
         noisy = noise_scheduler.add_noise(z0, noise, timesteps)
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, timesteps)
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             with torch.set_grad_enabled(config.train_text_encoder):
-                context = text_encoder(ids)[0]
+                context = embed_captions(tokenizer, text_encoder, captions, device)
             pred = unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
         loss = weighted_mse(pred.float(), target.float(), config.temporal_weight,
                             None if cover is None else 1.0 + (config.foreground_weight - 1.0) * cover)
@@ -361,25 +461,19 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         schedule.step()
         if ema is not None:
             ema.update(step)
-        losses.append(loss.item())
-        elapsed += time.perf_counter() - t0
-        recent = losses[-50:]
-        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-        bar.update()
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(step + 1)
-    bar.close()
+        return loss.item()
 
+    run.run(step_fn, state_fn, progress)
     if ema is not None:
         ema.copy_to_params()
     unet.eval()
     text_encoder.eval()
     pipe.to("cpu")
-    pipe.save_pretrained(str(out / "model"))
-    save_loss_curve(losses, out / "loss.png", title=f"loss, {config.steps} steps, noise_ratio {config.noise_ratio}")
-    summary = {"steps": config.steps, "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:])),
-               "seconds": round(elapsed, 1), "device": str(device), "config": dataclasses.asdict(config),
-               "torch": torch.__version__}
-    atomic_write_text(out / "log.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
+    if lora:
+        targets = {"unet": config.lora_target_modules, "text_encoder": list(TEXT_LORA_TARGETS)}
+        write_lora(run.out / LORA_FILE, adapters, config.lora_rank, config.lora_alpha or config.lora_rank,
+                   {c: targets[c] for c in adapters})
+    else:
+        pipe.save_pretrained(str(run.out / "model"))
+    return run.finish(f"loss, {config.steps} steps, noise_ratio {config.noise_ratio}",
+                      {"device": str(device), "config": dataclasses.asdict(config)})
