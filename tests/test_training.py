@@ -395,11 +395,13 @@ def test_weighted_mse_splits_the_error_into_static_and_temporal_parts():
 
 def test_every_shipped_training_config_parses():
     from pathlib import Path
+    from videofusion.training.distill import DistillConfig
     from videofusion.training.train import TrainConfig
     folder = Path(__file__).resolve().parents[1] / "configs"
-    assert (folder / "demo-broadcast.toml").is_file()
+    assert (folder / "demo-broadcast.toml").is_file() and (folder / "distill-demo.toml").is_file()
     for path in sorted(folder.glob("*.toml")):
-        config = TrainConfig.from_file(path)
+        kind = DistillConfig if path.name.startswith("distill") else TrainConfig  # `videofusion distill` configs
+        config = kind.from_file(path)
         assert config.steps >= 1 and config.output_dir, path.name
     stage2 = TrainConfig.from_file(folder / "demo-broadcast.toml")
     assert stage2.unet_from == "out/demo-standard/model" and not stage2.train_text_encoder

@@ -5,7 +5,7 @@ A drop-in for diffusers' ``TextToVideoSDPipeline``::
     from videofusion import TextToVideoSDPipeline, DPMSolverMultistepScheduler, export_to_video
 """
 from .models import AutoencoderKL, UNet3DConditionModel
-from .long_video import LongVideo
+from .long_video import FIFO, LongVideo
 from .noise import initial_latents
 from .pipelines import DiffusionPipeline, TextToVideoSDPipeline, TextToVideoSDPipelineOutput, VideoToVideoSDPipeline
 from .schedulers import (
@@ -17,6 +17,7 @@ from .schedulers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -29,6 +30,7 @@ __all__ = [
     "AutoencoderKL", "UNet3DConditionModel", "TextToVideoSDPipeline", "TextToVideoSDPipelineOutput", "VideoToVideoSDPipeline",
     "DiffusionPipeline", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
     "UniPCMultistepScheduler", "export_to_gif", "export_to_video", "load_video", "initial_latents", "LongVideo",
+    "FIFO",
 ]

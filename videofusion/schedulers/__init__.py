@@ -24,6 +24,7 @@ from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .lcm import LCMScheduler, LCMSchedulerOutput
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
@@ -43,6 +44,7 @@ SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "dpm-singlestep": (DPMSolverSinglestepScheduler, {}),
     "unipc": (UniPCMultistepScheduler, {}),
     "deis": (DEISMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
 }
 
 # every scheduler class, each once, in the order of SCHEDULERS
@@ -75,5 +77,6 @@ __all__ = [
     "make_scheduler",
     "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler",
+    "HeunDiscreteScheduler", "LCMScheduler", "LCMSchedulerOutput", "LMSDiscreteScheduler", "PNDMScheduler",
+    "UniPCMultistepScheduler",
 ]

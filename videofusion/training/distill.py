@@ -1,0 +1,304 @@
+"""Latent consistency distillation: a pipeline folder -> a few-step student sampled with :class:`LCMScheduler`.
+
+One step (LCD, Luo et al. 2023, "Latent Consistency Models", Algorithm 1; for video latents as the motion
+consistency model, Zhai et al. 2024, and T2V-Turbo, Li et al. 2024, distil ModelScope's UNet3D):
+
+1. latents ``z0`` (b, c, f, h, w) of a batch of clips (frozen VAE, :class:`~.train.LatentBatches`); noise
+   ``eps`` (VideoFusion's decomposed noise when ``noise_ratio`` > 0); a point ``n`` of the DDIM solver's grid
+   ``t_n = n k - 1`` (``k = skip_steps`` training timesteps apart) and a guidance scale ``s`` per clip;
+2. ``x = z_{t_{n+1}}`` noised from ``z0``; the teacher, with classifier-free guidance at ``s``, takes one DDIM
+   step from ``t_{n+1}`` to ``t_n``: ``x_prev``;
+3. the student's consistency estimate ``f(x, t_{n+1})`` (with ``s - 1`` as ``timestep_cond`` when it embeds
+   the guidance) is pulled towards the target network's ``f(x_prev, t_n)`` (Huber or L2 loss); the target
+   network is an exponential moving average of the student (``target_ema_decay``, no warm-up).
+
+``f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t)`` (:func:`videofusion.schedulers.lcm.consistency_scalings`),
+so f is exact at t = 0 and the grid's last step has a fixed target. Every random draw of step ``k`` is
+seeded by ``(seed, k)`` as in ``videofusion train``, whose data, EMA, optimiser and checkpoint machinery
+this reuses: a resumed run ends with the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..io.files import read_json
+from ..noise import initial_latents
+from ..runtime.devices import pick_device
+from ..settings import is_count, is_number
+from .train import (EMA, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions, make_optimizer,
+                    read_config_file, resolve_model, step_generator)
+
+STUDENTS = ("unet",)   # the whole UNet is trained (LoRA students: not yet)
+LOSSES = ("huber", "l2")
+
+
+@dataclass
+class DistillConfig:
+    """What to distil, on what, how long. Read from JSON/TOML by :meth:`from_file` (configs/distill-demo.toml)."""
+
+    model: str                       # the teacher: a pipeline folder (or Hub id)
+    output_dir: str                  # checkpoint.pt, model/ (the student with an LCMScheduler), loss.png, log.json
+    data: Any                        # as videofusion train: videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, ...}
+    num_frames: int = 16
+    height: int | None = None        # pixels; None: the model's own size
+    width: int | None = None
+    steps: int = 1000                # optimizer steps
+    batch_size: int = 1              # clips per step
+    learning_rate: float = 1e-5
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    student: str = "unet"            # "unet": a copy of the teacher's whole UNet is trained
+    guidance_scale: Any = (5.0, 10.0)  # the teacher's classifier-free guidance: [low, high] drawn uniformly per
+    #   clip (needs embed_guidance), or one number; the pipeline's convention (1 = no guidance)
+    embed_guidance: bool = True      # the student gets time_cond_proj_dim: guidance_scale - 1 as timestep_cond, so
+    #   it samples any scale of the range in one UNet call per step; false: the student bakes in one scale
+    time_cond_proj_dim: int = 256    # width of that guidance embedding
+    skip_steps: int = 20             # k: training timesteps per DDIM solver step; the grid has T / k points and
+    #   is the saved LCMScheduler's original_inference_steps
+    target_ema_decay: float = 0.95   # mu of the target network (EMA of the student, every step)
+    ema_decay: float | None = None   # e.g. 0.999: the saved model holds this EMA of the student (else the student)
+    loss: str = "huber"              # "huber": sqrt(d^2 + c^2) - c (pseudo-Huber, c = huber_c), or "l2"
+    huber_c: float = 0.001
+    noise_ratio: float = 0.0         # VideoFusion's lambda: weight of the base noise shared by frames
+    timestep_scaling: float = 10.0   # the boundary condition's time scale (LCMScheduler's key of that name)
+    mixed_precision: str = "no"      # "no", "bf16" (CPU or CUDA), "fp16" (CUDA)
+    gradient_checkpointing: bool = False
+    cache_latents: bool = False      # encode each clip once (frozen VAE, posterior mean)
+    checkpoint_every: int = 500      # steps between checkpoints (one at the end too)
+    seed: int = 0
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)  # free-form notes stored in log.json
+
+    def __post_init__(self):
+        for name in ("num_frames", "height", "width", "steps", "batch_size", "checkpoint_every", "skip_steps",
+                     "time_cond_proj_dim"):
+            value = getattr(self, name)
+            if (value is not None or name not in ("height", "width")) and not is_count(value):
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        if self.student not in STUDENTS:
+            raise ValueError(f"student: {self.student!r} is not one of {list(STUDENTS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: {self.loss!r} is not one of {list(LOSSES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
+        low, high = self.guidance_range
+        if self.embed_guidance and self.time_cond_proj_dim < 2:
+            raise ValueError(f"time_cond_proj_dim: must be >= 2 (sines and cosines), got {self.time_cond_proj_dim}")
+        if low != high and not self.embed_guidance:
+            raise ValueError(f"guidance_scale: a range {[low, high]} needs embed_guidance = true (the student "
+                             "must be told the scale); give one number to distil a fixed scale")
+        if not 0.0 <= self.target_ema_decay < 1.0:
+            raise ValueError(f"target_ema_decay: must be in [0, 1), got {self.target_ema_decay}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+        if not (is_number(self.huber_c) and self.huber_c > 0):
+            raise ValueError(f"huber_c: must be > 0, got {self.huber_c!r}")
+        if not 0.0 <= self.noise_ratio <= 1.0:
+            raise ValueError(f"noise_ratio: must be in [0, 1], got {self.noise_ratio}")
+        if not (is_number(self.timestep_scaling) and self.timestep_scaling > 0):
+            raise ValueError(f"timestep_scaling: must be > 0, got {self.timestep_scaling!r}")
+        if not (is_number(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate!r}")
+
+    @property
+    def guidance_range(self) -> tuple[float, float]:
+        """``guidance_scale`` as (low, high); ValueError unless one number or two, each >= 1, low <= high."""
+        value = self.guidance_scale
+        values = [value] * 2 if is_number(value) else list(value) if isinstance(value, (list, tuple)) else None
+        if not values or len(values) != 2 or not all(is_number(v) and v >= 1 for v in values) or values[0] > values[1]:
+            raise ValueError(f"guidance_scale: must be a number >= 1 or [low, high] with 1 <= low <= high, "
+                             f"got {value!r}")
+        return float(values[0]), float(values[1])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "DistillConfig":
+        """Read a ``.json`` or ``.toml`` file whose keys are this class's fields."""
+        return read_config_file(cls, path, overrides, example="configs/distill-demo.toml")
+
+
+def solver_grid(num_train_timesteps: int, skip_steps: int) -> torch.Tensor:
+    """The DDIM solver's timesteps ``t_n = n k - 1``, n = 1 .. T / k (ascending int64 (T / k,)): the
+    distillation grid of :func:`videofusion.schedulers.lcm.lcm_origin_timesteps`."""
+    return torch.arange(1, num_train_timesteps // skip_steps + 1, dtype=torch.int64) * skip_steps - 1
+
+
+def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "huber", c: float = 0.001) -> torch.Tensor:
+    """Mean ``sqrt((pred - target)^2 + c^2) - c`` (pseudo-Huber, LCM's choice) or mean squared error (``l2``),
+    computed in float32; any matching shapes."""
+    diff = pred.float() - target.float()
+    if kind == "l2":
+        return diff.pow(2).mean()
+    return (torch.sqrt(diff.pow(2) + c * c) - c).mean()
+
+
+def check_teacher(folder: str | os.PathLike, config: DistillConfig) -> dict:
+    """Refuse what cannot be distilled, from the folder's configs alone (no weights read): a UNet that already
+    embeds guidance, a prediction type without x0, a ``skip_steps`` that does not divide the training
+    timesteps. Returns the scheduler config."""
+    from ..models import UNet3DConditionModel
+    unet = UNet3DConditionModel.make_config(read_json(os.path.join(folder, "unet"), "config.json"))
+    if unet.time_cond_proj_dim is not None:
+        raise ValueError(f"model: the UNet of {folder} already embeds guidance (time_cond_proj_dim="
+                         f"{unet.time_cond_proj_dim}); distil a teacher that uses classifier-free guidance")
+    scheduler = read_json(os.path.join(folder, "scheduler"), "scheduler_config.json")
+    T = scheduler.get("num_train_timesteps", 1000)
+    if T % config.skip_steps or config.skip_steps >= T:
+        raise ValueError(f"skip_steps: must divide the teacher's num_train_timesteps={T} and be smaller, got "
+                         f"{config.skip_steps} (e.g. 20: a 50-step solver grid)")
+    if scheduler.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"model: prediction_type {scheduler.get('prediction_type')!r} is not one of "
+                         "epsilon, v_prediction, sample")
+    return scheduler
+
+
+def make_student(teacher, config: DistillConfig):
+    """The student: a copy of the teacher's UNet; with ``embed_guidance``, the same weights in a UNet with
+    ``time_cond_proj_dim`` whose guidance projection starts at zero (so step 0's student is the teacher)."""
+    if not config.embed_guidance:
+        return copy.deepcopy(teacher)
+    student = type(teacher).from_config(teacher.config, time_cond_proj_dim=config.time_cond_proj_dim)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and missing == ["time_embedding.cond_proj.weight"], (missing, unexpected)
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.to(next(teacher.parameters()).device)
+
+
+def _per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(b,) -> (b, 1, 1, 1, 1) in ``like``'s dtype and device, to scale (b, c, f, h, w) latents."""
+    return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -> dict:
+    """Run (or resume) consistency distillation; returns a summary dict (also written to ``output_dir/log.json``).
+
+    Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, then the student pipeline (the
+    teacher's components with the student UNet and an :class:`~videofusion.schedulers.LCMScheduler`) to
+    ``output_dir/model`` and ``loss.png``. Every file is written atomically; bad settings are refused before
+    any weights load.
+    """
+    from ..pipelines.core import guidance_embedding
+    from ..pipelines.text_to_video import TextToVideoSDPipeline
+    from ..schedulers import DDIMScheduler, LCMScheduler
+    from ..schedulers.ddim import ddim_step
+    from ..schedulers.lcm import consistency_output, consistency_scalings
+    from ..schedulers.predictions import predict_x0_eps
+    from .data import open_dataset
+
+    device = pick_device(config.device)
+    if config.mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    folder, config = resolve_model(config)
+    scheduler_config = check_teacher(folder, config)
+    low, high = config.guidance_range
+    dataset = open_dataset(config.data, config.num_frames, config.height, config.width)
+    run = TrainingRun(config.output_dir, config.steps, config.checkpoint_every, resume)
+
+    pipe = TextToVideoSDPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    pipe.to(device)
+    teacher, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    for frozen in (teacher, vae, text_encoder):
+        frozen.requires_grad_(False).eval()
+    solver = DDIMScheduler.from_config(scheduler_config)  # the teacher's noise schedule
+    abar = solver.alphas_cumprod.to(device)  # (T,)
+    grid = solver_grid(solver.config.num_train_timesteps, config.skip_steps).to(device)
+    prediction_type = solver.config.prediction_type
+
+    student = make_student(teacher, config).train()
+    student.requires_grad_(True)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    target_net = copy.deepcopy(student).requires_grad_(False).eval()
+    trainable = list(student.parameters())
+    optimizer, schedule = make_optimizer([{"params": trainable, "lr": config.learning_rate}],
+                                         config.weight_decay, config.lr_warmup_steps)
+    target = EMA(trainable, config.target_ema_decay, shadow=list(target_net.parameters()), warmup=False)
+    ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+
+    if run.state is not None:
+        state = run.state
+        student.load_state_dict(state["unet"])
+        target_net.load_state_dict(state["target"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            for s, saved in zip(ema.shadow, state["ema"]):
+                s.copy_(saved)
+    batches = LatentBatches(dataset, vae, device, config.cache_latents)
+    with torch.no_grad():
+        empty = embed_captions(tokenizer, text_encoder, [""], device)  # (1, tokens, d): the unconditional caption
+
+    def state_fn() -> dict:
+        return {"unet": student.state_dict(), "target": target_net.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.shadow if ema is not None else None, "config": dataclasses.asdict(config)}
+
+    def consistency(model, x: torch.Tensor, t: torch.Tensor, context, cond) -> torch.Tensor:
+        """f(x, t): the model's x0 estimate through the boundary condition; x (b, c, f, h, w), t (b,)."""
+        out = model(x, t, encoder_hidden_states=context, timestep_cond=cond, return_dict=False)[0].float()
+        x0, _ = predict_x0_eps(out, x, _per_clip(abar[t], x), prediction_type)
+        c_skip, c_out = consistency_scalings(t, config.timestep_scaling)
+        return consistency_output(x0, x, _per_clip(c_skip, x), _per_clip(c_out, x))
+
+    def step_fn(step: int) -> float:
+        g = step_generator(config.seed, step)
+        torch.manual_seed(g.initial_seed())  # dropout and anything else drawing from the global RNG
+        captions, z0, _ = batches.draw(g, config.batch_size)  # z0: (b, c, f, h, w)
+        b = z0.shape[0]
+        noise = initial_latents(z0.shape, g, device, z0.dtype,
+                                noise="decomposed" if config.noise_ratio > 0 else "independent",
+                                noise_ratio=config.noise_ratio)
+        n = torch.randint(len(grid), (b,), generator=g).to(device)
+        start = grid[n]  # (b,) t_{n+1}
+        prev = (start - config.skip_steps).clamp(min=0)  # (b,) t_n; the first point's is t = 0
+        scale = (low + (high - low) * torch.rand(b, generator=g, dtype=torch.float64)).float().to(device)  # (b,)
+        x = solver.add_noise(z0, noise, start)
+        with torch.no_grad():
+            context = embed_captions(tokenizer, text_encoder, captions, device)  # (b, tokens, d)
+        cond = guidance_embedding(scale.cpu() - 1.0, config.time_cond_proj_dim).to(device) \
+            if config.embed_guidance else None  # (b, time_cond_proj_dim)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            pred = consistency(student, x, start, context, cond)
+            with torch.no_grad():
+                out = teacher(torch.cat([x, x]), torch.cat([start, start]),
+                              encoder_hidden_states=torch.cat([empty.expand(b, -1, -1), context]),
+                              return_dict=False)[0].float()
+                uncond, conditional = out.chunk(2)
+                guided = uncond + _per_clip(scale, x) * (conditional - uncond)  # classifier-free guidance
+                x0, eps = predict_x0_eps(guided, x, _per_clip(abar[start], x), prediction_type)
+                x_prev = ddim_step(x0, eps, _per_clip(abar[prev], x), 0.0)  # one solver step t_{n+1} -> t_n
+                goal = consistency(target_net, x_prev, prev, context, cond)
+        loss = consistency_loss(pred, goal, config.loss, config.huber_c)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        target.update(step)
+        if ema is not None:
+            ema.update(step)
+        return loss.item()
+
+    run.run(step_fn, state_fn, progress, desc="distilling")
+    if ema is not None:
+        ema.copy_to_params()
+    student.eval()
+    pipe.unet = student
+    pipe.scheduler = LCMScheduler.from_config(
+        scheduler_config, original_inference_steps=solver.config.num_train_timesteps // config.skip_steps,
+        timestep_scaling=config.timestep_scaling)
+    pipe.to("cpu")
+    pipe.save_pretrained(str(run.out / "model"))
+    return run.finish(f"consistency loss, {config.steps} steps, guidance {low:g}-{high:g}",
+                      {"device": str(device), "config": dataclasses.asdict(config)})
