@@ -17,16 +17,21 @@ its frames are rescheduled, so the base stays shared and the residuals are shuff
 
 This module holds the option and the noise; the attention windows are the model's
 (:mod:`videofusion.models.windows`, switched on per call with ``unet.set_temporal_window``).
+
+:class:`FIFO` is the other long-video option: FIFO-Diffusion (Kim et al., NeurIPS 2024), a queue of
+frames at increasing noise levels denoised along the diagonal (the loop is
+:mod:`videofusion.pipelines.fifo`); :class:`QueueNoise` draws its fresh noise frame by frame.
 """
 from __future__ import annotations
 
+import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from .noise import Generator, initial_latents
+from .noise import NOISE_MODES, Generator, initial_latents, randn
 
 
 def _positive_int(name: str, value) -> int:
@@ -112,3 +117,93 @@ def long_video_latents(shape: Sequence[int], generator: Generator = None, device
         return initial_latents(shape, generator, device, dtype, noise, noise_ratio)
     first = initial_latents((b, c, long_video.window, h, w), generator, device, dtype, noise, noise_ratio)
     return reschedule_noise(first, num_frames, long_video.window, long_video.stride, generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# FIFO-Diffusion
+
+
+@dataclass(frozen=True)
+class FIFO(LongVideo):
+    """FIFO-Diffusion (Kim et al. 2024, "FIFO-Diffusion: Generating Infinite Videos from Text without
+    Training", arXiv:2405.11473) as the long-video option of a pipeline call:
+    ``pipe(prompt, num_frames=256, long_video=FIFO())``; CLI ``--long-video fifo``.
+
+    A queue of ``num_partitions * window`` frames, one per noise level, is denoised along the diagonal:
+    every UNet call sees ``window`` consecutive frames at increasing noise levels, each step moves every
+    frame one level down, the clean frame at the head leaves (and is decoded and written) and fresh
+    noise enters at the tail. Memory and time per frame do not grow with ``num_frames``.
+
+    window: frames per UNet call, the length the model was trained on (default 16: ModelScope, zeroscope
+        and the demo model; the paper's ``f``).
+    num_partitions: latent partitioning, the paper's ``n`` (default 4, the paper's): the queue holds
+        ``n * window`` frames at ``n * window`` noise levels, so the diagonal runs ``n * window`` denoising
+        steps (64 by default), whatever ``num_inference_steps`` says (that one sets the steps of the first
+        window, the plain generation the queue starts from).
+    lookahead: lookahead denoising (default True, the paper's): windows move by ``window // 2`` frames and
+        keep only the later half of their output, so each frame is denoised with ``window // 2`` less
+        noisy frames before it; twice the UNet calls. Needs an even ``window``.
+
+    A FIFO is a :class:`LongVideo` (every front end that takes the long-video option takes it): its
+    ``stride`` is the distance between windows in the queue (``window // 2`` with lookahead, else
+    ``window``) and ``reschedule_noise`` is False. With ``num_frames <= window`` it changes nothing.
+    """
+
+    stride: int = field(default=8, init=False, repr=False)
+    reschedule_noise: bool = field(default=False, init=False, repr=False)
+    num_partitions: int = 4
+    lookahead: bool = True
+
+    def __post_init__(self):
+        _positive_int("window", self.window)
+        _positive_int("num_partitions", self.num_partitions)
+        if not isinstance(self.lookahead, bool):
+            raise TypeError(f"lookahead: must be True or False, got {self.lookahead!r}")
+        if self.lookahead and (self.window < 2 or self.window % 2):
+            raise ValueError(f"window: lookahead denoising needs an even window >= 2, got {self.window} "
+                             "(or pass lookahead=False)")
+        object.__setattr__(self, "stride", self.window // 2 if self.lookahead else self.window)
+        object.__setattr__(self, "reschedule_noise", False)
+
+    @property
+    def num_levels(self) -> int:
+        """Noise levels on the diagonal = frames in the queue = denoising steps: ``num_partitions * window``."""
+        return self.num_partitions * self.window
+
+    @property
+    def head(self) -> int:
+        """Finished frames kept in front of the queue as context: ``window - stride`` (``window // 2`` with
+        lookahead, 0 without)."""
+        return self.window - self.stride
+
+
+class QueueNoise:
+    """Fresh noise for a FIFO queue, a few frames at a time: ``noise(n)`` -> ``(b, c, n, h, w)``.
+
+    ``noise="independent"``: every frame draws its own standard normal noise. ``noise="decomposed"``:
+    VideoFusion's decomposed noise, ``sqrt(noise_ratio) * base + sqrt(1 - noise_ratio) * residual``, with
+    one ``base`` (b, c, 1, h, w) drawn here for the whole video, so every frame that ever enters the queue
+    shares it (:func:`videofusion.noise.initial_latents` does the same for one clip). A list of generators
+    draws video ``i``'s noise from ``generator[i]`` only.
+
+    shape: ``(b, c, h, w)`` of one frame of latents; noise_ratio in [0, 1] (default 0.5).
+    """
+
+    def __init__(self, shape: Sequence[int], generator: Generator = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, noise: str = "independent", noise_ratio: float = 0.5):
+        if noise not in NOISE_MODES:
+            raise ValueError(f"noise: {noise!r} is not one of {list(NOISE_MODES)}")
+        if not 0.0 <= noise_ratio <= 1.0:
+            raise ValueError(f"noise_ratio: must be in [0, 1], got {noise_ratio}")
+        self.batch, self.channels, self.height, self.width = shape
+        self.generator, self.device, self.dtype, self.ratio = generator, device, dtype, noise_ratio
+        self.base = None
+        if noise == "decomposed":
+            self.base = randn((self.batch, self.channels, 1, self.height, self.width), generator, device, dtype)
+
+    def __call__(self, num_frames: int = 1) -> torch.Tensor:
+        residual = randn((self.batch, self.channels, num_frames, self.height, self.width), self.generator,
+                         self.device, self.dtype)  # (b, c, n, h, w)
+        if self.base is None:
+            return residual
+        return math.sqrt(self.ratio) * self.base + math.sqrt(1.0 - self.ratio) * residual

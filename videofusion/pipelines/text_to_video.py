@@ -10,9 +10,10 @@ from typing import Callable
 import torch
 
 from ..io.video import DEFAULT_FPS
-from ..long_video import LongVideo
+from ..long_video import FIFO, LongVideo
 from ..settings import DEFAULTS, GenerationSettings
 from .core import TextToVideoSDPipelineOutput, VideoPipeline
+from .fifo import check_fifo, generate_fifo
 
 __all__ = ["TextToVideoSDPipeline", "TextToVideoSDPipelineOutput"]
 
@@ -38,7 +39,7 @@ class TextToVideoSDPipeline(VideoPipeline):
                  callback_steps: int = 1, cross_attention_kwargs: dict | None = None,
                  clip_skip: int | None = None, num_videos_per_prompt: int = 1,
                  noise: str = DEFAULTS.noise, noise_ratio: float = DEFAULTS.noise_ratio,
-                 long_video: LongVideo | None = None, output_path: str | list[str] | None = None,
+                 long_video: LongVideo | FIFO | None = None, output_path: str | list[str] | None = None,
                  output_fps: float = DEFAULT_FPS):
         """Generate videos from text.
 
@@ -59,14 +60,18 @@ class TextToVideoSDPipeline(VideoPipeline):
             output_type: ``"np"`` (default), ``"pt"``, ``"pil"`` or ``"latent"``.
             return_dict: return a :class:`TextToVideoSDPipelineOutput` (default) or a 1-tuple.
             callback, callback_steps: ``callback(step, timestep, latents)`` every ``callback_steps`` steps.
-            cross_attention_kwargs: accepted for compatibility; must be empty.
+            cross_attention_kwargs: ``{"scale": s}``, the LoRA scale of this call (unfused adapters at ``s``
+                times their weights; default 1); nothing else.
             clip_skip: use the CLIP hidden state this many layers before the last.
             num_videos_per_prompt: videos per prompt (default 1).
             noise, noise_ratio: ``"independent"`` (default) or VideoFusion's ``"decomposed"`` initial noise
                 with a shared base of weight ``noise_ratio`` (see :func:`videofusion.noise.initial_latents`).
-            long_video: ``LongVideo(window=16, stride=4)`` for videos longer than the model was trained
-                on: windowed temporal attention and noise rescheduling (FreeNoise, see
-                :mod:`videofusion.long_video`); no change when ``num_frames <= window``.
+            long_video: for videos longer than the model was trained on (no change when
+                ``num_frames <= window``): ``LongVideo(window=16, stride=4)``, windowed temporal attention
+                and noise rescheduling (FreeNoise, see :mod:`videofusion.long_video`), or ``FIFO()``,
+                FIFO-Diffusion's queue of frames at increasing noise levels (:mod:`videofusion.pipelines.fifo`;
+                DDIM or DDPM only, ``num_partitions * window`` steps along the queue, memory and time per
+                frame independent of ``num_frames``, frames decoded and written as they leave the queue).
             output_path, output_fps: write the video(s) as H.264 mp4 at ``output_fps`` frames per second
                 (default 8; a path, or one per video), decoded and encoded chunk by chunk (VAE slicing's
                 chunk); then ``frames`` is None and ``paths`` lists the files.
@@ -81,16 +86,25 @@ class TextToVideoSDPipeline(VideoPipeline):
         num_videos = self.check_inputs(settings, prompt, negative_prompt, generator, latents, prompt_embeds,
                                        negative_prompt_embeds, output_type, callback_steps, cross_attention_kwargs,
                                        num_videos_per_prompt)
+        fifo = settings.long_video if isinstance(settings.long_video, FIFO) else None
+        if fifo is not None:
+            check_fifo(fifo, self.scheduler, latents)
+            if settings.num_frames <= fifo.window:  # one window: plain generation
+                settings, fifo = settings.replace(long_video=None), None
         writers = self.video_writers(output_path, output_type, num_videos, output_fps)
         device = self.execution_device()
         self.scheduler.set_timesteps(num_inference_steps, device=device)  # validates the step count
 
         # 1. the prompts' embeddings; with guidance the negative ones come first in the batch
-        guided = settings.guidance_scale > 1.0
+        guided = self.classifier_free_guidance(settings)  # False for a guidance-distilled UNet: one call per step
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_videos_per_prompt, guided, negative_prompt, prompt_embeds,
             negative_prompt_embeds, clip_skip)
         context = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds  # (2b, 77, d)
+
+        if fifo is not None:  # 2.-4. a queue of frames at increasing noise levels, decoded as they leave it
+            return generate_fifo(self, fifo, settings, context, num_videos, generator, writers, output_type,
+                                 callback, callback_steps, return_dict)
 
         # 2. noise, 3. denoised along the scheduler's timesteps, 4. decoded
         latents = self.prepare_latents(num_videos, settings, generator, device, prompt_embeds.dtype, latents)
