@@ -192,3 +192,129 @@ def test_the_public_api_has_what_diffusers_scripts_import():
                  "enable_vae_slicing", "enable_vae_tiling", "enable_model_cpu_offload",
                  "enable_sequential_cpu_offload", "enable_attention_slicing"):
         assert callable(getattr(TextToVideoSDPipeline, name)), name
+
+
+# ---------------------------------------------------------------- seeded init, model and pipeline attributes
+
+@pytest.mark.parametrize("kind,config", [
+    ("unet", TINY_UNET), ("unet", dict(TINY_UNET, layers_per_block=2, time_cond_proj_dim=5)),
+    ("vae", TINY_VAE), ("vae", dict(TINY_VAE, layers_per_block=2, mid_block_add_attention=False))], ids=range(4))
+def test_a_seeded_model_has_diffusers_random_weights_and_module_order(kind, config):
+    import diffusers
+    ref_cls, our_cls = {"unet": (diffusers.UNet3DConditionModel, UNet3DConditionModel),
+                        "vae": (diffusers.AutoencoderKL, AutoencoderKL)}[kind]
+    torch.manual_seed(0)
+    ref = ref_cls(**config)
+    torch.manual_seed(0)
+    ours = our_cls(**config)
+    theirs, mine = ref.state_dict(), ours.state_dict()
+    assert list(mine) == list(theirs)  # registration order: the state_dict's (and a saved file's) key order
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # creation order: the random draws
+    names = [n for n, _ in ours.named_modules()]
+    assert names == [n for n, _ in ref.named_modules() if n in set(names)]
+
+
+def test_model_attributes_register_to_config_and_loading_info_as_in_diffusers(tiny_pipeline_dir, tmp_path):
+    import diffusers
+    for ours, ref in ((UNet3DConditionModel, diffusers.UNet3DConditionModel),
+                      (AutoencoderKL, diffusers.AutoencoderKL)):
+        assert ours._keep_in_fp32_modules == ref._keep_in_fp32_modules and ours._deprecated_kwargs == []
+        assert ours._supports_gradient_checkpointing
+    unet, info = UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", output_loading_info=True)
+    _, ref_info = diffusers.UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet",
+                                                                 output_loading_info=True)
+    assert info == {k: list(v) for k, v in ref_info.items()}
+    unet.register_to_config(sample_size=16, test_attribute=5)
+    assert unet.config.sample_size == 16 and unet.config.test_attribute == unet.config["test_attribute"] == 5
+    with pytest.warns(FutureWarning):  # a config key as an attribute: deprecated in diffusers, still working
+        assert unet.test_attribute == 5 and unet.in_channels == 4
+    with pytest.raises(AttributeError) as error:
+        unet.does_not_exist
+    assert str(error.value) == "'UNet3DConditionModel' object has no attribute 'does_not_exist'"
+    with pytest.raises(ValueError, match="layers_per_block"):
+        unet.register_to_config(layers_per_block=0)
+    unet.save_pretrained(tmp_path)
+    assert diffusers.UNet3DConditionModel.load_config(tmp_path)["test_attribute"] == 5
+
+
+def test_dtype_is_an_alias_of_torch_dtype_as_in_diffusers(tiny_pipeline_dir):
+    import diffusers
+    model = UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", dtype=torch.float16)
+    ref = diffusers.UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", dtype=torch.float16)
+    assert model.dtype == ref.dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype"):
+        AutoencoderKL.from_pretrained(tiny_pipeline_dir, subfolder="vae", dtype=torch.float16,
+                                      torch_dtype=torch.bfloat16)
+    dtypes = {"unet": torch.bfloat16, "default": torch.float16}
+    pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir, dtype=dtypes)
+    ref_pipe = diffusers.TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir, dtype=dtypes)
+    for name in ("unet", "vae", "text_encoder"):
+        assert getattr(pipe, name).dtype == getattr(ref_pipe, name).dtype, name
+    with pytest.raises(ValueError, match="dtype"):
+        DiffusionPipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.float16, torch_dtype=torch.float32)
+
+
+def test_a_missing_variant_is_an_oserror_as_in_diffusers(tiny_pipeline_dir):
+    import diffusers
+    with pytest.raises(OSError):
+        diffusers.UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", variant="fp16")
+    with pytest.raises(OSError, match="variant 'fp16'"):
+        UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", variant="fp16")
+
+
+def test_device_map_puts_the_pipeline_on_one_device(tiny_pipeline_dir):
+    import diffusers
+    ref = diffusers.TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir, device_map="cpu")
+    pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir, device_map="cpu")
+    assert pipe.device == ref.device == torch.device("cpu")
+    for device_map in ("balanced", "auto", {"unet": 0}):
+        with pytest.raises(ValueError, match="device_map"):
+            DiffusionPipeline.from_pretrained(tiny_pipeline_dir, device_map=device_map)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device_map.*CUDA is not available"):
+            TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir, device_map="cuda")
+
+
+def test_pipeline_attributes_and_isinstance_as_in_diffusers(tiny_pipeline_dir):
+    import diffusers
+    pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    v2v = videofusion.VideoToVideoSDPipeline(**pipe.components)
+    assert isinstance(pipe, DiffusionPipeline) and isinstance(v2v, DiffusionPipeline)
+    assert issubclass(videofusion.VideoToVideoSDPipeline, DiffusionPipeline)
+    assert not isinstance(pipe.unet, DiffusionPipeline)
+    assert pipe._optional_components == diffusers.TextToVideoSDPipeline._optional_components == []
+    ref = diffusers.TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    for p in (pipe, ref):
+        p.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    factors = [[getattr(block, k) for k in ("s1", "s2", "b1", "b2")] for block in pipe.unet.up_blocks]
+    assert factors == [[getattr(block, k) for k in ("s1", "s2", "b1", "b2")] for block in ref.unet.up_blocks]
+    for p in (pipe, ref):
+        p.disable_freeu()
+    assert all(getattr(block, k) is None for block in pipe.unet.up_blocks for k in ("s1", "s2", "b1", "b2"))
+    assert all(getattr(block, k, None) is None for block in ref.unet.up_blocks for k in ("s1", "s2", "b1", "b2"))
+
+
+@pytest.mark.parametrize("kind", ["vae", "unet"])
+def test_gradient_checkpointing_gives_the_same_gradients(kind):
+    import diffusers
+    if kind == "vae":
+        build, inputs = (lambda: AutoencoderKL(**TINY_VAE)), (torch.randn(2, 3, 16, 16),)
+        ref = diffusers.AutoencoderKL(**TINY_VAE)
+        flagged = {type(m).__name__ for m in ref.modules() if hasattr(m, "gradient_checkpointing")}
+    else:
+        build, inputs = (lambda: UNet3DConditionModel(**TINY_UNET)), unet_inputs()
+        flagged = {"UNet3DConditionModel"}
+    torch.manual_seed(0)
+    plain, checkpointed = build(), build()
+    checkpointed.load_state_dict(plain.state_dict())
+    assert not checkpointed.is_gradient_checkpointing
+    checkpointed.enable_gradient_checkpointing()
+    assert checkpointed.is_gradient_checkpointing
+    assert {type(m).__name__ for m in checkpointed.modules() if getattr(m, "gradient_checkpointing", False)} == flagged
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # the same dropout masks (the UNet's temporal convs train with dropout)
+        model(*inputs).sample.square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert a.grad is None and b.grad is None or torch.allclose(a.grad, b.grad, atol=1e-6), name
+    checkpointed.disable_gradient_checkpointing()
+    assert not checkpointed.is_gradient_checkpointing

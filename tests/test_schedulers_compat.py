@@ -470,3 +470,108 @@ def test_step_tuple_has_diffusers_arity(cls):
     sched.set_timesteps(4)
     out = sched.step(toy_model(x, sched.timesteps[0]), sched.timesteps[0], x)
     assert out[0] is out["prev_sample"] is out.prev_sample
+
+
+# ------------------------------------------------------------------ state before set_timesteps, config bookkeeping
+
+def _initial_state(sched) -> dict:
+    """What a script can read of a scheduler right after construction (numbers as lists, tensors' dtypes)."""
+    state = {"num_inference_steps": sched.num_inference_steps}
+    for name in ("timesteps", "sigmas", "order_list", "prk_timesteps", "plms_timesteps"):
+        value = getattr(sched, name, "absent")
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            value = (str(value.dtype), np.asarray(value, dtype=np.float64).round(5).tolist())
+        state[name] = value
+    return state
+
+
+@pytest.mark.parametrize("config", [{}, {"timestep_spacing": "trailing", "num_train_timesteps": 50},
+                                    {"prediction_type": "v_prediction", "timestep_type": "continuous"},
+                                    {"use_karras_sigmas": True, "num_train_timesteps": 100}], ids=range(4))
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_state_before_set_timesteps_is_diffusers(cls, config):
+    config = {k: v for k, v in config.items() if k in cls.defaults}
+    ours, theirs = cls(**config), diffusers_twin(cls)(**config)
+    mine, their = _initial_state(ours), _initial_state(theirs)
+    if cls is PNDMScheduler:  # diffusers' PNDM has timesteps None (its step then fails); ours the training ones
+        assert their.pop("timesteps") is None and mine.pop("timesteps")[1] == list(range(len(ours)))[::-1]
+    assert mine == their
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_step_right_after_construction_is_diffusers(cls):
+    """``for t in scheduler.timesteps: scheduler.step(...)`` without set_timesteps: the same numbers where
+    diffusers' class runs (DDPM, Euler, Euler a, Heun, LMS), an error where it fails."""
+    outcomes = []
+    for sched in (cls(num_train_timesteps=50), diffusers_twin(cls)(num_train_timesteps=50)):
+        x = initial_sample()
+        try:
+            for t in list(sched.timesteps)[:4]:
+                kwargs = {"generator": torch.Generator().manual_seed(0)} \
+                    if "generator" in inspect.signature(sched.step).parameters else {}
+                x = sched.step(0.1 * sched.scale_model_input(x, t), t, x, **kwargs).prev_sample
+            outcomes.append(x)
+        except (ValueError, TypeError) as e:  # diffusers' PNDM: TypeError (timesteps is None); ours ValueError
+            outcomes.append(e)
+    mine, theirs = outcomes
+    assert isinstance(mine, Exception) == isinstance(theirs, Exception), outcomes
+    if isinstance(mine, Exception):
+        assert "set_timesteps" in str(mine)
+    else:
+        close(mine, theirs, 1e-5, cls.__name__)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_register_to_config_and_save_update_the_config_as_in_diffusers(cls, tmp_path):
+    ours, theirs = cls.from_config(MS), diffusers_twin(cls).from_config(MS)
+    assert cls._deprecated_kwargs == theirs._deprecated_kwargs == []
+    for sched in (ours, theirs):
+        sched.register_to_config(skip_prk_steps=True, test_attribute=5)  # any key, as diffusers' pipeline tests do
+    assert ours.config["skip_prk_steps"] is True and ours.config.test_attribute == 5
+    with pytest.warns(FutureWarning):  # config keys as attributes: deprecated in diffusers, still working
+        assert ours.test_attribute == 5
+    with pytest.raises(AttributeError, match="does_not_exist"):
+        ours.does_not_exist
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert ours.config["_diffusers_version"] == theirs.config["_diffusers_version"]
+    for sched in (ours, theirs):  # the in-memory config equals the saved one, less the bookkeeping key
+        saved = dict(sched.config)
+        saved.pop("_use_default_values", None)
+        assert saved == type(sched).from_pretrained(tmp_path / ("ours" if sched is ours else "theirs")).config
+    assert set(ours.config) <= set(theirs.config)  # diffusers' may hold keys we do not read (flow_shift ...)
+    if "timestep_spacing" in cls.defaults:  # a registered key acts from the next set_timesteps on
+        ours.register_to_config(timestep_spacing="trailing")
+        theirs.register_to_config(timestep_spacing="trailing")
+        ours.set_timesteps(5)
+        theirs.set_timesteps(5)
+        assert np.allclose(ours.timesteps.numpy(), theirs.timesteps.numpy())
+        with pytest.raises(ValueError, match="timestep_spacing"):
+            ours.register_to_config(timestep_spacing="uniform")
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "learned",
+                                           "learned_range"])
+def test_get_variance_is_diffusers(variance_type):
+    ours, theirs = DDPMScheduler(variance_type=variance_type), diffusers_twin(DDPMScheduler)(variance_type=variance_type)
+    predicted = torch.tensor([0.3, -0.2])
+    for t in (0, 1, 487, 999):
+        assert torch.equal(ours._get_variance(t, predicted), theirs._get_variance(t, predicted)), t
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    for t in ours.timesteps:
+        assert torch.equal(ours._get_variance(t, predicted), theirs._get_variance(t, predicted)), t
+    ours, theirs = DDIMScheduler(**MS), diffusers_twin(DDIMScheduler)(**MS)
+    for t, prev in ((0, 0), (420, 400), (980, 960), (999, 998), (20, -1)):
+        assert torch.equal(ours._get_variance(t, prev), theirs._get_variance(t, prev)), (t, prev)
+
+
+@pytest.mark.parametrize("config", [{}, {"skip_prk_steps": True}, {"timestep_spacing": "linspace"},
+                                    {"timestep_spacing": "trailing", "skip_prk_steps": True}], ids=range(4))
+def test_pndm_prk_and_plms_timesteps_are_diffusers(config):
+    ours, theirs = PNDMScheduler.from_config(MS, **config), diffusers_twin(PNDMScheduler).from_config(MS, **config)
+    for n in (4, 10, 25):
+        ours.set_timesteps(n)
+        theirs.set_timesteps(n)
+        for name in ("prk_timesteps", "plms_timesteps"):
+            assert np.array_equal(getattr(ours, name), getattr(theirs, name)), (n, name)

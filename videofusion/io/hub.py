@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .files import (CONFIG_SUFFIXES, MODEL_INDEX, _weight_names, check_variant, parse_weight_name,
-                    read_model_index, select_weight_files)
+from .files import (CONFIG_SUFFIXES, MODEL_INDEX, MissingWeightsError, _weight_names, check_variant,
+                    parse_weight_name, read_model_index, select_weight_files)
 
 
 def _is_true(value: str | None) -> bool:
@@ -68,14 +68,15 @@ def model_allow_patterns(repo_files: Iterable[str], variant: str | None = None, 
     needs: its configs and that variant's weights (safetensors preferred). A pure function of the
     repo's file list (``HfApi().list_repo_files``).
 
-    Raises ValueError when the folder has weights but none of ``variant``, listing those it has.
+    Raises :class:`~videofusion.io.files.MissingWeightsError` (an OSError and a ValueError) when the folder has
+    weights but none of ``variant``, listing those it has.
     """
     check_variant(variant)
     folder = (subfolder or "").strip("/")
     names = _folder_names(repo_files, folder)
     weights = select_weight_files(names, variant)
     if not weights and variant is not None and _weight_names(names):
-        raise ValueError(f"{repo}/{folder}: no weights of variant {variant!r}; its weight files are "
+        raise MissingWeightsError(f"{repo}/{folder}: no weights of variant {variant!r}; its weight files are "
                          f"{_weight_names(names)}")
     prefix = f"{folder}/" if folder else ""
     return sorted(prefix + n for n in _config_names(names) + weights)

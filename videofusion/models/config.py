@@ -41,6 +41,13 @@ class ModelConfig(Mapping):
             raise KeyError(key)
         return getattr(self, key)
 
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for names that are not fields: the extra keys ``register_to_config`` added."""
+        extra = self.__dict__.get("_extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
     def __iter__(self):
         return iter(self._names())
 
@@ -48,7 +55,7 @@ class ModelConfig(Mapping):
         return len(self._names())
 
     def _names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(self))
+        return tuple(f.name for f in dataclasses.fields(self)) + tuple(self.__dict__.get("_extra", ()))
 
 
 def config_from_dict(config_class: type, values: Mapping[str, Any] | None = None, **overrides: Any):
@@ -69,13 +76,23 @@ def config_from_dict(config_class: type, values: Mapping[str, Any] | None = None
     return config_class(**kwargs)
 
 
+def resolve_dtype(dtype: torch.dtype | Any | None, torch_dtype: torch.dtype | Any | None) -> Any:
+    """``from_pretrained``'s dtype: ``dtype`` (diffusers 0.42's name) or ``torch_dtype`` (the older one, still
+    documented here); giving both with different values is a ValueError naming both."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype}: pass one of them (dtype is the other "
+                         "name of torch_dtype)")
+    return dtype if dtype is not None else torch_dtype
+
+
 def config_to_dict(config) -> dict:
     """The config dataclass as a plain JSON-ready dict (tuples become lists)."""
     def plain(v):
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    values = {**dataclasses.asdict(config), **config.__dict__.get("_extra", {})}  # + register_to_config's keys
+    return {k: plain(v) for k, v in values.items()}
 
 
 class PretrainedModel(nn.Module):
@@ -89,6 +106,10 @@ class PretrainedModel(nn.Module):
     config_class: type = None  # set by subclasses
     config_name = "config.json"
     weights_name = "diffusion_pytorch_model"  # + ".safetensors" / ".bin", variant inserted before the suffix
+    # diffusers' ModelMixin attributes that scripts and tools read, with diffusers' values for our classes
+    _supports_gradient_checkpointing: bool = False  # True where enable_gradient_checkpointing works
+    _keep_in_fp32_modules: list[str] | None = None  # modules kept in float32 whatever torch_dtype: none
+    _deprecated_kwargs: list[str] = []  # deprecated __init__ kwargs: none
 
     @classmethod
     def make_config(cls, config=None, **kwargs):
@@ -102,12 +123,19 @@ class PretrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str, subfolder: str | None = None,
                         torch_dtype: torch.dtype | None = None, variant: str | None = None,
-                        low_cpu_mem_usage: bool = True, **kwargs) -> "PretrainedModel":
+                        low_cpu_mem_usage: bool = True, dtype: torch.dtype | None = None,
+                        output_loading_info: bool = False, **kwargs):
         """Load a diffusers-format model folder (or Hub id). See :func:`videofusion.io.loading.load_model`.
+        ``dtype`` is ``torch_dtype``'s other name (diffusers 0.42's; ValueError for two different dtypes).
         ``low_cpu_mem_usage`` is accepted for diffusers' scripts: loading never builds random weights first,
-        whatever its value."""
-        return load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=torch_dtype,
-                          variant=variant, **kwargs)
+        whatever its value. ``output_loading_info=True`` returns ``(model, info)`` as diffusers: ``info`` has
+        ``missing_keys``, ``unexpected_keys``, ``mismatched_keys`` and ``error_msgs``, always empty lists
+        here, as the weights load with strict key and shape checks (a mismatch is a ValueError)."""
+        model = load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=resolve_dtype(dtype, torch_dtype),
+                           variant=variant, **kwargs)
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
 
     @classmethod
     def load_config(cls, path_or_id: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> dict:
@@ -136,6 +164,52 @@ class PretrainedModel(nn.Module):
         save_model(save_directory, self.config_dict(), self.state_dict(), config_name=self.config_name,
                    weights_name=self.weights_name, variant=variant, safe_serialization=safe_serialization,
                    max_shard_size=max_shard_size)
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Set config keys, as diffusers' ``register_to_config``: keys of the config take the new values
+        (checked as when the config is built: ValueError), other keys are added (read as ``config.<key>``
+        and written to ``config.json``). The layers are not rebuilt, as in diffusers."""
+        names = {f.name for f in dataclasses.fields(self.config)}
+        config = dataclasses.replace(self.config, **{k: v for k, v in kwargs.items() if k in names})
+        extra = {**self.config.__dict__.get("_extra", {}), **{k: v for k, v in kwargs.items() if k not in names}}
+        if extra:
+            config._extra = extra
+        self.config = config
+
+    def __getattr__(self, name: str) -> Any:
+        """Parameters, buffers and submodules as ``nn.Module``; then a config key read as an attribute
+        (``unet.in_channels``), which works with a FutureWarning as diffusers has deprecated it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            config = self.__dict__.get("config")
+            if isinstance(config, Mapping) and not name.startswith("_") and name in config:
+                warnings.warn(f"reading config key {name!r} as an attribute of {type(self).__name__} is deprecated "
+                              f"in diffusers; use model.config.{name}", FutureWarning, stacklevel=2)
+                return config[name]
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
+
+    # ---- gradient checkpointing: a flag on every submodule that has one, as diffusers sets them
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of storing them (less memory when training,
+        same gradients): turns on the ``gradient_checkpointing`` flag of every submodule that has one.
+        ValueError where the class does not support it (``_supports_gradient_checkpointing``)."""
+        if not self._supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
+        self._set_gradient_checkpointing(True)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def _set_gradient_checkpointing(self, enable: bool) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
 
     @property
     def dtype(self) -> torch.dtype:

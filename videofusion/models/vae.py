@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..noise import randn
 from ..outputs import Output
@@ -21,6 +22,14 @@ from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_n
                      positive_int, set_fused_projections)
 
 EPS = 1e-6  # GroupNorm eps everywhere in the VAE
+
+
+def checkpointed(enabled: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)``; when ``enabled`` (gradient checkpointing on) and grad is on, its activations are
+    recomputed in the backward pass instead of stored (``torch.utils.checkpoint``), as in diffusers' VAE."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 @dataclass
@@ -155,17 +164,21 @@ class UNetMidBlock2D(nn.Module):
 
     def __init__(self, cfg: VAEConfig, channels: int):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(channels, channels, None, cfg.norm_num_groups, EPS, cfg.act_fn) for _ in range(2))
+        # diffusers' creation order (ResNet, attention, ResNet: a seeded random init gives its weights) and
+        # registration order (attentions before resnets: its state_dict order)
+        first = ResnetBlock2D(channels, channels, None, cfg.norm_num_groups, EPS, cfg.act_fn)
         self.attentions = (nn.ModuleList([Attention(channels, 1, channels, bias=True,
                                                     norm_num_groups=cfg.norm_num_groups, eps=EPS)])
                            if cfg.mid_block_add_attention else None)
+        self.resnets = nn.ModuleList(
+            [first, ResnetBlock2D(channels, channels, None, cfg.norm_num_groups, EPS, cfg.act_fn)])
+        self.gradient_checkpointing = False  # each layer recomputed in the backward pass (training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.resnets[0](x)
+        x = checkpointed(self.gradient_checkpointing, self.resnets[0], x)
         if self.attentions is not None:
-            x = self.attentions[0](x)
-        return self.resnets[1](x)
+            x = checkpointed(self.gradient_checkpointing, self.attentions[0], x)
+        return checkpointed(self.gradient_checkpointing, self.resnets[1], x)
 
 
 class Encoder(nn.Module):
@@ -181,12 +194,13 @@ class Encoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[-1], eps=EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.gradient_checkpointing = False  # each block recomputed in the backward pass (training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
+            x = checkpointed(self.gradient_checkpointing, block, x)
+        x = self.mid_block(x)  # checkpoints its own layers
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 
@@ -197,21 +211,23 @@ class Decoder(nn.Module):
         super().__init__()
         rev, n = list(cfg.block_out_channels)[::-1], len(cfg.block_out_channels)
         self.conv_in = nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)
+        self.up_blocks = nn.ModuleList()  # registered before mid_block, built after it: diffusers' module order
         self.mid_block = UNetMidBlock2D(cfg, rev[0])
-        self.up_blocks = nn.ModuleList(
+        self.up_blocks.extend(
             UpDecoderBlock2D(cfg, rev[max(i - 1, 0)], rev[i], add_upsample=i < n - 1) for i in range(n))
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, rev[-1], eps=EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
+        self.gradient_checkpointing = False  # each block recomputed in the backward pass (training)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.device.type == "cpu":
             # oneDNN's convolutions run NHWC without reorders: 1.4x faster decode on the CPU (measured,
             # docs/performance.md). diffusers' decoder turns NHWC by accident, after its mid-block attention.
             z = z.contiguous(memory_format=torch.channels_last)
-        x = self.mid_block(self.conv_in(z))
+        x = self.mid_block(self.conv_in(z))  # checkpoints its own layers
         for block in self.up_blocks:
-            x = block(x)
+            x = checkpointed(self.gradient_checkpointing, block, x)
         return self.conv_out(self.conv_act(self.conv_norm_out(x))).contiguous()  # (b, c, H, W), NCHW
 
 
@@ -267,6 +283,7 @@ class AutoencoderKL(PretrainedModel):
     """
 
     config_class = VAEConfig
+    _supports_gradient_checkpointing = True  # enable_gradient_checkpointing: encoder, decoder and mid blocks
 
     def __init__(self, config: VAEConfig | dict | None = None, **kwargs):
         super().__init__()

@@ -46,6 +46,24 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def device_map_device(device_map: str | torch.device | None) -> torch.device | None:
+    """The one device ``from_pretrained(device_map=...)`` puts a whole pipeline on (None: no device_map).
+    diffusers takes the name of a device there ("cpu", "cuda", "mps"); so do we, and any device
+    :func:`pick_device` accepts ("cuda:1", a torch.device). SettingError naming ``device_map`` for a map that
+    spreads the components over devices ("balanced", "auto", a dict), which videofusion does not do, or a
+    device that is not available here."""
+    if device_map is None:
+        return None
+    if not isinstance(device_map, (str, torch.device)) or device_map in ("auto", "balanced", "balanced_low_0",
+                                                                         "sequential"):
+        raise SettingError("device_map", device_map, "one device such as 'cpu' or 'cuda' (videofusion puts the "
+                           "whole pipeline on one device; enable_model_cpu_offload() saves accelerator memory)")
+    try:
+        return pick_device(device_map)
+    except SettingError as e:
+        raise SettingError("device_map", device_map, e.accepted) from None
+
+
 def pick_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``"auto"``: float16 on CUDA and MPS, float32 on the CPU; else the named floating dtype
     (one of :data:`DTYPES`). SettingError naming ``dtype`` otherwise."""

@@ -119,6 +119,7 @@ class Scheduler:
     # name does, else (prev_sample,)
     step_returns_x0: bool = True
     init_noise_sigma: float = 1.0
+    _deprecated_kwargs: list[str] = []  # diffusers' attribute (its deprecated __init__ kwargs): none here
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         """Every scheduler class joins :attr:`compatibles`; a family's shared base passes ``register=False``."""
@@ -168,6 +169,31 @@ class Scheduler:
         tb = values.get("trained_betas")
         if tb is not None and len(tb) != n:
             raise ValueError(f"trained_betas has {len(tb)} values but num_train_timesteps is {n}")
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Set config keys, as diffusers' ``ConfigMixin.register_to_config``: ``kwargs`` replace or add keys of
+        ``.config`` (keys of other classes too, e.g. ``skip_prk_steps`` on any scheduler: kept as hidden keys).
+        Only the config changes: the new values act from the next ``set_timesteps`` on where that reads them
+        (the training noise schedule is not rebuilt, as in diffusers). Values of this class's keys are
+        checked as in ``__init__`` (ValueError); a key set here is no longer listed in ``_use_default_values``."""
+        values = {k: _plain(v) for k, v in kwargs.items()}
+        self._validate({k: values.get(k, self.config[k]) for k in self.defaults})
+        config = {**self.config, **values}
+        used_defaults = [k for k in config.get("_use_default_values", ()) if k not in values]
+        config.pop("_use_default_values", None)
+        if used_defaults:
+            config["_use_default_values"] = used_defaults
+        self.config = SchedulerConfig(config)
+
+    def __getattr__(self, name: str) -> Any:
+        """A config key read as an attribute (``scheduler.num_train_timesteps``): works with a FutureWarning, as
+        diffusers has deprecated it; read ``scheduler.config.<key>`` instead."""
+        config = self.__dict__.get("config")
+        if config is not None and name in config and not name.startswith("_"):
+            warnings.warn(f"reading config key {name!r} as an attribute of {type(self).__name__} is deprecated in "
+                          f"diffusers; use scheduler.config.{name}", FutureWarning, stacklevel=2)
+            return config[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def own_config(self) -> SchedulerConfig:
@@ -278,6 +304,8 @@ class Scheduler:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / self.config_name
         atomic_write_text(target, self.to_json_string())
+        # as diffusers, the in-memory config now names the version written too (a reloaded config equals it)
+        self.config = SchedulerConfig({**self.config, "_diffusers_version": DIFFUSERS_VERSION})
         return target
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Path:

@@ -9,11 +9,16 @@ from .predictions import predict_x0_eps, threshold_or_clip
 from .schedules import rounded_timesteps
 
 
+def ddim_variance(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor) -> torch.Tensor:
+    """(1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev): DDPM's posterior variance between the two
+    timesteps (Song et al. 2020, eq. 16 with eta=1; diffusers' ``DDIMScheduler._get_variance``)."""
+    return (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
+
+
 def ddim_sigma(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, eta: float) -> torch.Tensor:
-    """sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-    (Song et al. 2020, eq. 16); eta=0 is deterministic DDIM, eta=1 is DDPM's posterior std."""
-    variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
-    return eta * variance ** 0.5
+    """sigma_t(eta) = eta * sqrt(:func:`ddim_variance`) (Song et al. 2020, eq. 16); eta=0 is deterministic
+    DDIM, eta=1 is DDPM's posterior std."""
+    return eta * ddim_variance(alpha_prod_t, alpha_prod_prev) ** 0.5
 
 
 def ddim_step(x0: torch.Tensor, eps: torch.Tensor, alpha_prod_prev: torch.Tensor, std_dev_t: torch.Tensor | float,
@@ -46,6 +51,12 @@ class DDIMScheduler(Scheduler):
         """Integer timesteps (int64, descending), spaced per ``timestep_spacing``; linspace rounded."""
         self.timesteps = rounded_timesteps(self.config, num_inference_steps, device)
         self.num_inference_steps = num_inference_steps
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """diffusers' ``_get_variance``: :func:`ddim_variance` from training timestep ``timestep`` to
+        ``prev_timestep`` (negative: to the final alpha_cumprod)."""
+        alpha_prod_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return ddim_variance(self.alphas_cumprod[timestep], alpha_prod_prev)
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
              generator: torch.Generator | None = None, return_dict: bool = True):

@@ -24,27 +24,39 @@ def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, alpha_prod_t: to
     return x0_coeff * x0 + sample_coeff * sample
 
 
-def ddpm_noise_scale(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, variance_type: str,
-                     predicted_variance: torch.Tensor | None = None) -> torch.Tensor:
-    """Standard deviation of the added noise (Ho et al. 2020 sec. 3.2; learned variants: Nichol &
-    Dhariwal 2021 eq. 15). ``fixed_small``: posterior variance beta~_t (clamped at 1e-20);
-    ``fixed_large``: beta_t; ``learned``: the model's predicted variance (not its sqrt, as in
-    diffusers); ``learned_range``: log-interpolation between the two driven by the model. None (the value
-    a DPM-Solver config carries) acts as ``fixed_small``, as in diffusers."""
+def ddpm_variance(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, variance_type: str | None,
+                  predicted_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise term of a DDPM step in the form diffusers' ``DDPMScheduler._get_variance`` returns it (Ho et
+    al. 2020 sec. 3.2; learned variants: Nichol & Dhariwal 2021 eq. 15). ``fixed_small`` (and None, the value
+    a DPM-Solver config carries): the posterior variance beta~_t (clamped at 1e-20); ``fixed_small_log``: its
+    square root, via the log; ``fixed_large``: beta_t; ``learned``: the model's ``predicted_variance`` as given;
+    ``learned_range``: the log-variance, between log beta~_t and log beta_t as the model says."""
     current_beta_t = 1 - alpha_prod_t / alpha_prod_prev
     variance = torch.clamp((1 - alpha_prod_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
     if variance_type in ("fixed_small", None):
-        return variance ** 0.5
+        return variance
     if variance_type == "fixed_small_log":
         return torch.exp(0.5 * torch.log(variance))
     if variance_type == "fixed_large":
-        return current_beta_t ** 0.5
+        return current_beta_t
     if variance_type == "learned":
-        return predicted_variance ** 0.5
+        return predicted_variance
     if variance_type == "learned_range":
         frac = (predicted_variance + 1) / 2
-        return torch.exp(0.5 * (frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)))
+        return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
     raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+
+def ddpm_noise_scale(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, variance_type: str | None,
+                     predicted_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of the noise a DDPM step adds, from :func:`ddpm_variance` as diffusers takes it
+    (``learned``: the square root of the model's predicted variance, as in diffusers)."""
+    variance = ddpm_variance(alpha_prod_t, alpha_prod_prev, variance_type, predicted_variance)
+    if variance_type == "fixed_small_log":
+        return variance
+    if variance_type == "learned_range":
+        return torch.exp(0.5 * variance)
+    return variance ** 0.5
 
 
 class DDPMScheduler(Scheduler):
@@ -85,8 +97,16 @@ class DDPMScheduler(Scheduler):
         self.custom_timesteps = False
 
     def _require_timesteps(self) -> None:
-        if not self.custom_timesteps:
-            super()._require_timesteps()
+        """Nothing to check: before ``set_timesteps`` the schedule is every training timestep, as in diffusers."""
+
+    def _get_variance(self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None = None,
+                      variance_type: str | None = None) -> torch.Tensor:
+        """diffusers' ``_get_variance``: :func:`ddpm_variance` at timestep ``t`` of the schedule (to the
+        timestep after it), for ``variance_type`` (default: the config's)."""
+        prev_t = self.previous_timestep(t)
+        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        return ddpm_variance(self.alphas_cumprod[t], alpha_prod_prev, variance_type or self.config.variance_type,
+                             predicted_variance)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The timestep after ``timestep`` in the schedule, or -1 after the last one."""

@@ -106,7 +106,15 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
 
     def __init__(self, **config):
         super().__init__(**config)
-        self.order_list: list[int] = []  # solver order of each step, set by set_timesteps
+        # solver order of each step; as diffusers, over every training timestep until set_timesteps
+        self.order_list = self._orders(self.config.num_train_timesteps, self.config.lower_order_final)
+
+    def _orders(self, num_steps: int, lower_order_final: bool) -> list[int]:
+        """:func:`singlestep_orders`, the last step first-order when the schedule lands on sigma 0."""
+        orders = singlestep_orders(num_steps, self.config.solver_order, lower_order_final)
+        if self.config.final_sigmas_type == "zero":
+            orders[-1] = 1  # landing on sigma 0 needs a first-order last step
+        return orders
 
     def _reset_history(self) -> None:
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
@@ -139,9 +147,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         lower_order_final = (
             c.lower_order_final or num_inference_steps % c.solver_order != 0 or c.final_sigmas_type == "zero"
         )
-        self.order_list = singlestep_orders(num_inference_steps, c.solver_order, lower_order_final)
-        if c.final_sigmas_type == "zero":
-            self.order_list[-1] = 1  # landing on sigma 0 needs a first-order last step
+        self.order_list = self._orders(num_inference_steps, lower_order_final)
 
     def step(
         self,

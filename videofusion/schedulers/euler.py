@@ -41,6 +41,11 @@ class EulerDiscreteScheduler(SigmaScheduler):
     choices = {**SigmaScheduler.choices, "interpolation_type": ("linear", "log_linear"),
                "timestep_type": ("discrete", "continuous"), "final_sigmas_type": ("zero", "sigma_min")}
 
+    def __init__(self, **config):
+        super().__init__(**config)
+        if self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction":
+            self.timesteps = 0.25 * self.sigmas[:-1].log()  # as diffusers' initial (training) schedule
+
     def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None,
                       timesteps: list[float] | None = None, sigmas: list[float] | None = None) -> None:
         """Float32 timesteps (fractional for linspace / Karras) and their sigmas (+ a final one).
@@ -103,6 +108,10 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
                     trained_betas=None, prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0,
                     rescale_betas_zero_snr=False)
     choices = {**SigmaScheduler.choices, "prediction_type": ("epsilon", "v_prediction")}
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.timesteps = self.timesteps.double()  # diffusers' initial (training) timesteps are float64 here
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Float32 timesteps (fractional for linspace) and their interpolated sigmas (+ a final 0)."""

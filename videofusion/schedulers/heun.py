@@ -33,7 +33,8 @@ class HeunDiscreteScheduler(SigmaScheduler):
 
     def __init__(self, **config):
         super().__init__(**config)
-        self._reset()
+        # as diffusers: the initial schedule is every training timestep, Heun-doubled (num_inference_steps = T)
+        self.set_timesteps(self.config.num_train_timesteps, None, self.config.num_train_timesteps)
 
     def _reset(self) -> None:
         self.prev_derivative: torch.Tensor | None = None  # slope at the start of the current step

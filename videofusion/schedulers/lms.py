@@ -44,6 +44,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
     def __init__(self, **config):
         super().__init__(**config)
         self.derivatives: list[torch.Tensor] = []  # the last lms_order slopes (x - x0) / sigma, oldest first
+        self.set_timesteps(self.config.num_train_timesteps)  # as diffusers: every training timestep to start with
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Float32 timesteps (fractional for linspace / Karras) and their sigmas (+ a final 0)."""

@@ -264,6 +264,7 @@ class ExponentialIntegratorScheduler(Scheduler, register=False):
         if self.config.get("rescale_betas_zero_snr", False):
             self.alphas_cumprod[-1] = 2**-24  # near zero so the first sigma stays finite
         self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.timesteps = self.timesteps.float()  # diffusers' initial (training) timesteps are float32 here
         self._reset_history()
 
     def _validate(self, values: dict[str, Any]) -> None:

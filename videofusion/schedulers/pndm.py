@@ -54,7 +54,9 @@ class PNDMScheduler(Scheduler):
     def __init__(self, **config):
         super().__init__(**config)
         self.final_alpha_cumprod = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
-        self.prk_timesteps = np.array([], dtype=np.int64)
+        # the two parts of ``timesteps`` (int64 numpy), as diffusers names them; None until set_timesteps
+        self.prk_timesteps: np.ndarray | None = None  # Runge-Kutta warm-up (empty with skip_prk_steps)
+        self.plms_timesteps: np.ndarray | None = None  # linear multistep
         self._reset()
 
     def _reset(self) -> None:
@@ -85,13 +87,14 @@ class PNDMScheduler(Scheduler):
         if c.skip_prk_steps:
             # the first PLMS step is taken twice (predict, then correct with the averaged eps)
             self.prk_timesteps = np.array([], dtype=np.int64)
-            plms = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1]
+            self.plms_timesteps = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1].copy()
         else:
             half = T // n // 2
             prk = np.array(grid[-self.pndm_order:]).repeat(2) + np.tile(np.array([0, half]), self.pndm_order)
             self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()
-            plms = grid[:-3][::-1]
-        self.timesteps = torch.from_numpy(np.concatenate([self.prk_timesteps, plms]).astype(np.int64)).to(device)
+            self.plms_timesteps = grid[:-3][::-1].copy()
+        self.timesteps = torch.from_numpy(
+            np.concatenate([self.prk_timesteps, self.plms_timesteps]).astype(np.int64)).to(device)
         self._reset()
 
     def _transfer(self, sample, timestep, prev_timestep, model_output):
@@ -109,6 +112,7 @@ class PNDMScheduler(Scheduler):
 
         Returns SchedulerOutput(prev_sample, pred_original_sample=None) or the 1-tuple (prev_sample,).
         """
+        self._require_timesteps()
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
             return self.step_prk(model_output, timestep, sample, return_dict=return_dict)
         return self.step_plms(model_output, timestep, sample, return_dict=return_dict)

@@ -154,10 +154,14 @@ class SigmaScheduler(Scheduler, register=False):
         self._init_training_sigmas()
 
     def _init_training_sigmas(self) -> None:
-        """Before ``set_timesteps``: sigmas of all training timesteps, descending, plus a final 0."""
+        """Before ``set_timesteps``: sigmas of all training timesteps, descending, plus a final 0, and the
+        training timesteps: a full schedule ``step`` can run (``num_inference_steps`` stays None), as in diffusers."""
         train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
         self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
         self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0, self.config.num_train_timesteps)
+
+    def _require_timesteps(self) -> None:
+        """Nothing to check: before ``set_timesteps`` the schedule is every training timestep, as in diffusers."""
 
     def _set_sigma_schedule(self, num_inference_steps: int | None, device: torch.device | str | None = None,
                             spacing: str | None = None, sigma_last: float = 0.0, interpolation_type: str = "linear",
