@@ -164,3 +164,19 @@ def test_the_memory_options_of_text_to_video_work_here(tiny_pipeline_dir):
     pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 16, 8
     tiled = pipe(generator=gen(), **kw).frames
     assert tiled.shape == plain.shape and np.abs(tiled - plain).mean() < 0.1
+
+
+def test_on_the_demo_model_a_red_circle_re_prompted_blue_comes_out_blue_and_still_moving_left():
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.demo.evaluation import score_clip
+    t2v = TextToVideoSDPipeline.from_pretrained(str(DEMO_MODEL_PATH), torch_dtype=torch.float32)
+    t2v.set_progress_bar_config(disable=True)
+    source = t2v("a red circle moving left", generator=gen(1)).frames
+    assert score_clip(source[0], "a red circle moving left")["predicted"]["colour"] == "red"
+    v2v = VideoToVideoSDPipeline(**t2v.components)
+    target = "a blue circle moving left"
+    kept = v2v(target, video=source, strength=0.8, generator=gen(1)).frames  # the strength the docs recommend
+    read = score_clip(kept[0], target)["predicted"]
+    assert (read["colour"], read["direction"]) == ("blue", "left"), read
+    light = v2v(target, video=source, strength=0.3, generator=gen(1)).frames  # too little noise: still red
+    assert score_clip(light[0], target)["predicted"]["colour"] == "red"
