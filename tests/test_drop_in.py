@@ -2,6 +2,7 @@
 outputs read both ways, configs as mappings, save_config / load_config, loading options (variants in every
 situation, torch_dtype per component, low_cpu_mem_usage), FreeU, fused projections, the xformers switch."""
 import logging
+import re
 import shutil
 import warnings
 
@@ -125,9 +126,10 @@ def test_variants_load_as_in_diffusers(variant_folders, situation, variant):
     try:
         ref = diffusers.DiffusionPipeline.from_pretrained(folder, variant=variant)
     except ValueError as e:
-        with pytest.raises(ValueError, match="variant"):
+        words = f"You are trying to load the model files of the `variant={variant}`"  # scripts test for these
+        assert words in str(e)
+        with pytest.raises(ValueError, match=re.escape(words) + ".*variant: no component"):
             DiffusionPipeline.from_pretrained(folder, variant=variant)
-        assert "variant" in str(e)
         return
     ours = DiffusionPipeline.from_pretrained(folder, variant=variant)
     for name in ("unet", "vae"):
@@ -260,6 +262,25 @@ def test_a_missing_variant_is_an_oserror_as_in_diffusers(tiny_pipeline_dir):
         diffusers.UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", variant="fp16")
     with pytest.raises(OSError, match="variant 'fp16'"):
         UNet3DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet", variant="fp16")
+
+
+def test_a_variant_only_folder_loaded_without_variant_says_no_file_named(unets, tmp_path):
+    """diffusers' words ("Error no file named ... found in directory"), which fallback code tests for, then ours."""
+    import diffusers
+    unets[0].save_pretrained(tmp_path, variant="fp16")
+    for cls in (diffusers.UNet3DConditionModel, UNet3DConditionModel):
+        with pytest.raises(OSError, match="Error no file named diffusion_pytorch_model.bin found in directory"):
+            cls.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match=r"fp16\.safetensors.*pass variant="):
+        UNet3DConditionModel.from_pretrained(tmp_path)
+
+
+def test_loading_logs_each_component_at_info(tiny_pipeline_dir, caplog):
+    """As diffusers' pipeline_utils logger does, under videofusion's logger."""
+    with caplog.at_level(logging.INFO, logger="videofusion.pipelines.folders"):
+        pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    for name in pipe.components:
+        assert f"Loaded {name} as" in caplog.text, name
 
 
 def test_device_map_puts_the_pipeline_on_one_device(tiny_pipeline_dir):

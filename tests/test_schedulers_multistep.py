@@ -82,6 +82,28 @@ def test_variant_matches_diffusers(cls, overrides):
     compare(cls, (1, 3, 6, 16), seed=seed, **overrides)
 
 
+NOISE_PREDICTION = [
+    (cls, {"algorithm_type": algorithm, "solver_order": order, "solver_type": solver, "prediction_type": prediction,
+           "final_sigmas_type": "sigma_min", "thresholding": thresholding})
+    for cls, algorithm in ((DPM, "dpmsolver"), (DPM, "sde-dpmsolver"), (SINGLE, "dpmsolver"))
+    for order in (1, 2, 3) for solver in ("midpoint", "heun")
+    for prediction, thresholding in (("epsilon", False), ("v_prediction", False), ("sample", True))
+    # diffusers has no third order for sde-dpmsolver, and its singlestep thresholding fails for dpmsolver
+    if not (algorithm == "sde-dpmsolver" and order == 3) and not (cls is SINGLE and thresholding)]
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated:FutureWarning")
+@pytest.mark.parametrize("cls,overrides", NOISE_PREDICTION,
+                         ids=[f"{c.__name__}-{o}".replace(" ", "") for c, o in NOISE_PREDICTION])
+def test_noise_prediction_solvers_match_diffusers(cls, overrides):
+    """diffusers' deprecated noise-prediction DPM-Solver ('dpmsolver', multistep 'sde-dpmsolver'): every
+    step's sample equals diffusers' (thresholding re-derives eps from the clipped x0)."""
+    seed = 7 if overrides["algorithm_type"] == "sde-dpmsolver" else None
+    compare(cls, (3, 6, 16), seed=seed, **overrides)
+    with pytest.warns(FutureWarning, match="deprecated"):
+        cls(**overrides)
+
+
 @pytest.mark.parametrize("cls", [DPM, SINGLE], ids=_id)
 def test_x0_output_is_diffusers_data_prediction(cls):
     """pred_original_sample (which diffusers' step does not return) is diffusers' convert_model_output."""
@@ -300,7 +322,9 @@ def test_solver_names_map_across_classes_like_diffusers(source, target, expected
 
 
 @pytest.mark.parametrize("cls,config,match", [
-    (DPM, {"algorithm_type": "dpmsolver"}, "algorithm_type"),
+    (DPM, {"algorithm_type": "dpmsolver"}, "final_sigmas_type 'zero' is not supported"),
+    (SINGLE, {"algorithm_type": "dpmsolver"}, "final_sigmas_type 'zero' is not supported"),
+    (DPM, {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3}, "third-order"),
     (SINGLE, {"algorithm_type": "sde-dpmsolver"}, "algorithm_type"),
     (DEIS, {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
     (DPM, {"solver_type": "rk4"}, "solver_type"),

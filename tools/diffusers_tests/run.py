@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -316,7 +315,8 @@ def _report(results: dict, modes: list, total: float) -> str:
                 sums[m][k] += c[k]
             sums[m]["seconds"] += r.get("seconds", 0)
             extra = " TIMEOUT" if r.get("rc") == "timeout" else ""
-            cells.append(f"{c['passed']} / {c['failed']} / {c['skipped']} / {c['errors']} ({r.get('seconds', 0):.0f}){extra}")
+            cells.append(f"{c['passed']} / {c['failed']} / {c['skipped']} / {c['errors']} "
+                         f"({r.get('seconds', 0):.0f}){extra}")
         lines.append(f"| {_short(f)} | " + " | ".join(cells) + " |")
     lines.append("| **total** | " + " | ".join(
         f"**{s['passed']} / {s['failed']} / {s['skipped']} / {s['errors']}** ({s['seconds']:.0f})"

@@ -121,9 +121,9 @@ def resolve_pretrained(path_or_id: str | os.PathLike, *, subfolder: str | None =
 
     An existing local folder is returned as is; a path that looks like one (``./x``, ``/x``, ``~/x``,
     ``a/b/c``, or one whose parent folder exists) is never looked up on the Hub. Anything else is a Hub id
-    ("org/name"), downloaded into the Hub cache (``cache_dir``, ``$HF_HUB_CACHE``, ``$HF_HOME/hub``) with only the files needed:
-    ``allow_patterns`` if given, else :func:`model_allow_patterns` for ``subfolder`` (or a model at the
-    repo root), else :func:`pipeline_allow_patterns` when the repo has ``model_index.json``.
+    ("org/name"), downloaded into the Hub cache (``cache_dir``, ``$HF_HUB_CACHE``, ``$HF_HOME/hub``) with only
+    the files needed: ``allow_patterns`` if given, else :func:`model_allow_patterns` for ``subfolder`` (or a
+    model at the repo root), else :func:`pipeline_allow_patterns` when the repo has ``model_index.json``.
     Offline (``local_files_only`` or ``HF_HUB_OFFLINE=1``), or when the Hub cannot be reached (asked
     once, :func:`hub_unreachable`), the cached snapshot is used as is. Raises FileNotFoundError saying
     where it looked (the folder, the Hub, the cache) when the model is nowhere, ValueError for a variant

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io.files import DIFFUSERS_VERSION, component_folder, read_json
+from ..io.files import DIFFUSERS_VERSION, MissingWeightsError, component_folder, read_json
 from ..io.hub import resolve_pretrained
 from ..io.loading import load_model
 from ..io.saving import atomic_write_text, save_model
@@ -131,8 +131,16 @@ class PretrainedModel(nn.Module):
         whatever its value. ``output_loading_info=True`` returns ``(model, info)`` as diffusers: ``info`` has
         ``missing_keys``, ``unexpected_keys``, ``mismatched_keys`` and ``error_msgs``, always empty lists
         here, as the weights load with strict key and shape checks (a mismatch is a ValueError)."""
-        model = load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=resolve_dtype(dtype, torch_dtype),
-                           variant=variant, **kwargs)
+        try:
+            model = load_model(cls, path_or_id, subfolder=subfolder, torch_dtype=resolve_dtype(dtype, torch_dtype),
+                               variant=variant, **kwargs)
+        except MissingWeightsError as e:
+            folder = Path(path_or_id, subfolder or "")
+            if not folder.is_dir():
+                raise
+            # diffusers' wording first (it names the .bin it looked for last): scripts test for "no file named"
+            raise MissingWeightsError(f"Error no file named {cls.weights_name}.bin found in directory {folder}. "
+                                      f"{e}") from e
         if output_loading_info:
             return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return model

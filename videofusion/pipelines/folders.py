@@ -7,6 +7,7 @@ We dispatch on the class name, so a folder written by diffusers loads here and o
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,6 +22,8 @@ from ..models.clip import CLIPTextModel
 from ..models.text import load_text_encoder, load_tokenizer
 from ..models.tokenizer import CLIPTokenizer
 from ..schedulers import SCHEDULER_CLASSES
+
+logger = logging.getLogger(__name__)
 
 
 def _component_loaders() -> dict[str, Any]:
@@ -63,8 +66,8 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *,
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise TypeError(f"from_pretrained: unexpected keyword argument(s) {unknown}; components are "
-                        f"{list(names)}, options are torch_dtype (or dtype), device_map, variant, cache_dir, revision, "
-                        "local_files_only, low_cpu_mem_usage")
+                        f"{list(names)}, options are torch_dtype (or dtype), device_map, variant, cache_dir, "
+                        "revision, local_files_only, low_cpu_mem_usage")
     dtypes = _component_dtypes(torch_dtype, names)
     folder = resolve_pretrained(path_or_id, variant=variant, cache_dir=cache_dir, revision=revision,
                                 local_files_only=local_files_only)
@@ -83,11 +86,15 @@ def load_pipeline_components(path_or_id: str, names: Iterable[str], *,
             raise FileNotFoundError(f"{folder}: component folder {name!r} listed in model_index.json is missing")
     variants = {name: component_variant(folder, name, variant) for name in to_load}
     if variant is not None and not any(variants.values()):
-        raise ValueError(f"variant: no component of {folder} has weight files of variant {variant!r} (loading "
-                         "it would silently give the plain weights); drop variant= or check its spelling")
+        # diffusers' first sentence, which scripts test for, then ours
+        raise ValueError(f"You are trying to load the model files of the `variant={variant}`, but no such modeling "
+                         f"files are available. variant: no component of {folder} has weight files of variant "
+                         f"{variant!r} (loading it would silently give the plain weights); drop variant= or check "
+                         "its spelling")
     components = {name: overrides[name] for name in names if name in overrides}
     for name in to_load:
         components[name] = loaders[index[name][1]](folder, name, dtypes.get(name), variants[name])
+        logger.info("Loaded %s as %s from `%s` subfolder of %s.", name, index[name][1], name, folder)
     return {name: components[name] for name in names}
 
 

@@ -52,10 +52,10 @@ def from_original_release(folder: str | os.PathLike, *, torch_dtype=None, varian
     """A :class:`TextToVideoSDPipeline` from an original release folder, converted in memory (nothing is
     written): see :func:`videofusion.convert.load_release`. ``torch_dtype`` (or ``dtype``) and ``device_map`` as
     for diffusers folders (one dtype or a dict by component; one device); keywords named after a component
-    (``tokenizer=...``, ``scheduler=...``) replace it, and its file is then not needed. The scheduler is a DDIMScheduler with the original diffusion's
-    schedule and prediction. ``variant`` is an error: the release has one file per part.
-    ``low_cpu_mem_usage``, ``cache_dir``, ``revision`` and ``local_files_only`` are accepted and change nothing
-    for a local folder."""
+    (``tokenizer=...``, ``scheduler=...``) replace it, and its file is then not needed. The scheduler is a
+    DDIMScheduler with the original diffusion's schedule and prediction. ``variant`` is an error: the release
+    has one file per part. ``low_cpu_mem_usage``, ``cache_dir``, ``revision`` and ``local_files_only`` are
+    accepted and change nothing for a local folder."""
     names = TextToVideoSDPipeline.component_names
     unknown = sorted(set(components) - set(names))
     if unknown:

@@ -377,7 +377,8 @@ class Scheduler:
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._begin_index = begin_index
 
-    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
+    def index_for_timestep(self, timestep: float | torch.Tensor,
+                           schedule_timesteps: torch.Tensor | None = None) -> int:
         """Position of ``timestep`` in the schedule; of two matches the second (diffusers' rule, so a
         schedule started mid-way does not skip a sigma)."""
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps

@@ -9,6 +9,14 @@ from __future__ import annotations
 import torch
 
 from ..noise import randn
+from .dpm_noise import (
+    NOISE_PREDICTION_ALGORITHMS,
+    check_noise_prediction_config,
+    dpm_solver_3m,
+    dpm_solver_first_order,
+    dpm_solver_second_order,
+    noise_prediction,
+)
 from .multistep import (
     ExponentialIntegratorScheduler,
     data_prediction,
@@ -131,10 +139,11 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
     drops to first/second order on the last steps when there are fewer than 15; `euler_at_final` always takes a
     first-order last step; `final_sigmas_type` 'zero' (the last step lands on x0, first order) or 'sigma_min';
     `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` / `use_lu_lambdas` respace the noise
-    levels; `lambda_min_clipped` cuts the low-SNR end (for squaredcos_cap_v2). Not implemented (ValueError):
-    the deprecated noise-prediction 'dpmsolver' / 'sde-dpmsolver', and the flow-matching and learned-variance
-    options (:func:`.multistep.reject_unsupported`; `variance_type` None or DDPM's values are accepted and
-    do nothing, as in diffusers).
+    levels; `lambda_min_clipped` cuts the low-SNR end (for squaredcos_cap_v2). diffusers' deprecated
+    noise-prediction 'dpmsolver' / 'sde-dpmsolver' run too (:mod:`.dpm_noise`; with final_sigmas_type
+    'sigma_min', as there). Not implemented (ValueError): the flow-matching and learned-variance options
+    (:func:`.multistep.reject_unsupported`; `variance_type` None or DDPM's values are accepted and do nothing,
+    as in diffusers).
     """
 
     defaults = dict(
@@ -147,7 +156,8 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
     )
     choices = {
         **ExponentialIntegratorScheduler.choices, "solver_order": (1, 2, 3),
-        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"), "solver_type": ("midpoint", "heun"),
+        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", *NOISE_PREDICTION_ALGORITHMS),
+        "solver_type": ("midpoint", "heun"),
         "final_sigmas_type": ("zero", "sigma_min"),
     }
     # names other solvers' configs carry, mapped as diffusers maps them (DEIS -> DPM-Solver++, UniPC's B(h))
@@ -155,6 +165,10 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         "algorithm_type": {"deis": "dpmsolver++"},
         "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"},
     }
+
+    def _validate(self, values: dict) -> None:
+        super()._validate(values)
+        check_noise_prediction_config(type(self).__name__, values)
 
     def set_timesteps(
         self,
@@ -206,15 +220,19 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         lower_second = i == n - 2 and c.lower_order_final and n < 15
 
         x0 = data_prediction(model_output, sample, self.sigmas[i], c)
-        self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
+        eps_form = c.algorithm_type in NOISE_PREDICTION_ALGORITHMS  # DPM-Solver: the history holds eps
+        held = noise_prediction(model_output, sample, self.sigmas[i], c) if eps_form else x0
+        self.model_outputs = [*self.model_outputs[1:], held]  # oldest first
         sample = sample.to(torch.float32)
         noise = None
-        if c.algorithm_type == "sde-dpmsolver++":
+        if c.algorithm_type.startswith("sde-"):
             noise = randn(model_output.shape, generator, model_output.device, torch.float32)
 
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         order = multistep_order(c.solver_order, self.lower_order_nums, lower_final, lower_second)
-        if order == 1:
+        if eps_form:
+            prev = self._noise_prediction_update(order, sample, held, i, noise)
+        elif order == 1:
             prev = dpm_solver_pp_first_order(sample, x0, sigma, sigma_next, noise)
         elif order == 2:
             prev = dpm_solver_pp_second_order(
@@ -226,3 +244,15 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self._step_index += 1
         return self._output(prev.to(model_output.dtype), x0, return_dict)
+
+    def _noise_prediction_update(self, order: int, sample: torch.Tensor, eps: torch.Tensor, i: int,
+                                 noise: torch.Tensor | None) -> torch.Tensor:
+        """The 'dpmsolver' / 'sde-dpmsolver' update of step `i` (:mod:`.dpm_noise`)."""
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        if order == 1:
+            return dpm_solver_first_order(sample, eps, sigma, sigma_next, noise)
+        if order == 2:
+            return dpm_solver_second_order(sample, eps, self.model_outputs[-2], sigma, self.sigmas[i - 1],
+                                           sigma_next, self.config.solver_type, noise)
+        eps3 = (eps, self.model_outputs[-2], self.model_outputs[-3])
+        return dpm_solver_3m(sample, eps3, (sigma, self.sigmas[i - 1], self.sigmas[i - 2]), sigma_next)

@@ -12,6 +12,13 @@ import torch
 
 from ..noise import randn
 from .dpm_multistep import DPMSolverMultistepScheduler, dpm_solver_pp_first_order, dpm_solver_pp_second_order
+from .dpm_noise import (
+    check_noise_prediction_config,
+    dpm_solver_3s,
+    dpm_solver_first_order,
+    dpm_solver_second_order,
+    noise_prediction,
+)
 from .multistep import (
     ExponentialIntegratorScheduler,
     data_prediction,
@@ -89,9 +96,9 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
     Config keys and defaults are diffusers' (this class has no `timestep_spacing`: timesteps are always
     'linspace'). `lower_order_final` is forced on, as diffusers does, when `num_inference_steps` is not a
     multiple of `solver_order` or the final sigma is 'zero' (the default); unlike diffusers the config is not
-    rewritten, so the forcing is decided afresh at every `set_timesteps`. Not implemented (ValueError):
-    the deprecated noise-prediction 'dpmsolver', and the flow-matching / learned-variance options
-    (:func:`.multistep.reject_unsupported`).
+    rewritten, so the forcing is decided afresh at every `set_timesteps`. diffusers' deprecated noise-prediction
+    'dpmsolver' runs too (:mod:`.dpm_noise`; with final_sigmas_type 'sigma_min', as there). Not implemented
+    (ValueError): the flow-matching / learned-variance options (:func:`.multistep.reject_unsupported`).
     """
 
     defaults = dict(
@@ -101,13 +108,19 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_flow_sigmas=False,
         final_sigmas_type="zero", lambda_min_clipped=-float("inf"), variance_type=None,
     )
-    choices = DPMSolverMultistepScheduler.choices
+    # diffusers' singlestep class has no 'sde-dpmsolver'
+    choices = {**DPMSolverMultistepScheduler.choices,
+               "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver")}
     option_aliases = DPMSolverMultistepScheduler.option_aliases  # as diffusers maps other solvers' names
 
     def __init__(self, **config):
         super().__init__(**config)
         # solver order of each step; as diffusers, over every training timestep until set_timesteps
         self.order_list = self._orders(self.config.num_train_timesteps, self.config.lower_order_final)
+
+    def _validate(self, values: dict) -> None:
+        super()._validate(values)
+        check_noise_prediction_config(type(self).__name__, values)
 
     def _orders(self, num_steps: int, lower_order_final: bool) -> list[int]:
         """:func:`singlestep_orders`, the last step first-order when the schedule lands on sigma 0."""
@@ -165,7 +178,9 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         i = self._start_step(timestep)
         c = self.config
         x0 = data_prediction(model_output, sample, self.sigmas[i], c)
-        self.model_outputs = [*self.model_outputs[1:], x0]  # oldest first
+        eps_form = c.algorithm_type == "dpmsolver"  # DPM-Solver: the history holds eps
+        held = noise_prediction(model_output, sample, self.sigmas[i], c) if eps_form else x0
+        self.model_outputs = [*self.model_outputs[1:], held]  # oldest first
         noise = None
         if c.algorithm_type == "sde-dpmsolver++":
             noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
@@ -176,16 +191,21 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         if order == 1:
             self.sample = sample
         sigma_next = self.sigmas[i + 1]
+        first, second = ((dpm_solver_first_order, dpm_solver_second_order) if eps_form
+                         else (dpm_solver_pp_first_order, dpm_solver_pp_second_order))
         if order == 1:
-            prev = dpm_solver_pp_first_order(self.sample, x0, self.sigmas[i], sigma_next, noise)
+            prev = first(self.sample, held, self.sigmas[i], sigma_next, noise)
         elif order == 2:
-            x0_start = self.model_outputs[-2]
+            start = self.model_outputs[-2]
             sigmas = (self.sigmas[i - 1], self.sigmas[i])
-            prev = dpm_solver_pp_second_order(self.sample, x0_start, x0, *sigmas, sigma_next, c.solver_type, noise)
+            prev = second(self.sample, start, held, *sigmas, sigma_next, c.solver_type, noise)
         else:
             sigmas = (self.sigmas[i - 2], self.sigmas[i - 1], self.sigmas[i])
-            x0s = tuple(self.model_outputs[-3:])
-            prev = dpm_solver_pp_3s(self.sample, x0s, sigmas, sigma_next, c.solver_type, noise)
+            held3 = tuple(self.model_outputs[-3:])
+            if eps_form:
+                prev = dpm_solver_3s(self.sample, held3, sigmas, sigma_next, c.solver_type)
+            else:
+                prev = dpm_solver_pp_3s(self.sample, held3, sigmas, sigma_next, c.solver_type, noise)
         self._step_index += 1
         return self._output(prev, x0, return_dict)
 
