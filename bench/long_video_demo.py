@@ -13,6 +13,7 @@ seconds, per frame and as a linear fit ``seconds = a + b * frames``. ``--modes p
 generation (also streamed to an mp4) for contrast.
 
     python bench/long_video_demo.py eval --frames 64 --threads 1 --json eval-64.json
+    python bench/long_video_demo.py eval --frames 256 --max-combos 4 --heldout-seeds 0 --videos 2
     python bench/long_video_demo.py memory --frames 64 256 1024 --threads 1 --json memory.json
 
 Markdown tables go to stdout, everything measured to ``--json``.
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--heldout-seeds", type=int, default=1, help="seeds per held-out combination (default 1)")
     e.add_argument("--max-combos", type=int, default=16, help="seen combinations, spread evenly (default 16)")
     e.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call (default 8)")
+    e.add_argument("--videos", type=int, default=None, help="only the first N of those videos (quick runs)")
     m = sub.add_parser("memory", help="peak RSS and time per frame, one process per frame count")
     m.add_argument("--frames", type=int, nargs="+", default=[64, 256, 1024])
     m.add_argument("--modes", nargs="+", default=["fifo"], choices=["fifo", "plain"])
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pipe = TextToVideoSDPipeline.from_pretrained(str(DEMO_MODEL_PATH))
         pipe.set_progress_bar_config(disable=True)
-        videos = jobs(args.seeds, args.heldout_seeds, args.max_combos)
+        videos = jobs(args.seeds, args.heldout_seeds, args.max_combos)[:args.videos]
         result = [evaluate(pipe, method, frames, videos, args.batch_size)
                   for frames in args.frames for method in args.methods]
         print(eval_tables(result))

@@ -126,7 +126,7 @@ def per_frame_unet(unet) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
+def pipe(tiny_pipeline_dir, models_one_thread):
     pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
@@ -183,14 +183,14 @@ def test_the_diagonal_is_ddim_for_a_frame_on_its_own(pipe):
     try:
         per_frame_unet(pipe.unet)
         fifo = FIFO(window=4, num_partitions=2)  # 8 levels: 4 windows per step, 4 warm-up frames dropped
-        out = run(pipe, output_type="latent", guidance_scale=3.0, num_frames=10, long_video=fifo).frames
+        out = run(pipe, output_type="latent", guidance_scale=3.0, num_frames=6, long_video=fifo).frames
         g = gen()  # the queue's draws: first window (4), queue (2 + 8), then one per step
         shape = (1, 4, 1, 8, 8)
         torch.randn((1, 4, 4, 8, 8), generator=g)
         torch.randn((1, 4, 10, 8, 8), generator=g)
-        fresh = [torch.randn(shape, generator=g) for _ in range(6)]
-        assert out.shape == (1, 4, 10, 8, 8)
-        for j in (4, 9):  # frames 0-3 come from the first window; frame j entered after step j - 4
+        fresh = [torch.randn(shape, generator=g) for _ in range(2)]
+        assert out.shape == (1, 4, 6, 8, 8)
+        for j in (4, 5):  # frames 0-3 come from the first window; frame j entered after step j - 4
             plain = pipe(PROMPT, num_inference_steps=8, height=16, width=16, num_frames=1, guidance_scale=3.0,
                          latents=fresh[j - 4], output_type="latent").frames
             assert torch.allclose(out[:, :, j:j + 1], plain, atol=1e-5), j
@@ -198,8 +198,13 @@ def test_the_diagonal_is_ddim_for_a_frame_on_its_own(pipe):
         pipe.unet.load_state_dict(saved)
 
 
-def test_streamed_output_equals_in_memory_output(pipe, tmp_path):
-    frames = run(pipe).frames
+@pytest.fixture(scope="module")
+def frames(pipe):
+    """The in-memory output of :func:`run` (seed 0, 8 frames)."""
+    return run(pipe).frames
+
+
+def test_streamed_output_equals_in_memory_output(pipe, frames, tmp_path):
     assert frames.shape == (1, 8, 16, 16, 3)
     expected = load_video(export_to_video(frames[0], str(tmp_path / "memory.mp4")))
     out = run(pipe, output_path=str(tmp_path / "streamed.mp4"))
@@ -213,9 +218,9 @@ def test_streamed_output_equals_in_memory_output(pipe, tmp_path):
         pipe.disable_vae_slicing()
 
 
-def test_batch_noise_and_one_window(pipe):
+def test_batch_noise_and_one_window(pipe, frames):
     two = run(pipe, generator=[gen(0), gen(5)], num_videos_per_prompt=2).frames
-    assert two.shape == (2, 8, 16, 16, 3) and np.allclose(two[0], run(pipe).frames, atol=1e-5)  # per video
+    assert two.shape == (2, 8, 16, 16, 3) and np.allclose(two[0], frames[0], atol=1e-5)  # per video
     decomposed = run(pipe, noise="decomposed", noise_ratio=0.5, eta=1.0).frames
     assert np.isfinite(decomposed).all() and not np.allclose(decomposed, two[:1], atol=1e-3)
     short = run(pipe, num_frames=4).frames  # one window: plain generation
@@ -236,3 +241,27 @@ def test_ddpm_runs_and_other_schedulers_are_refused(pipe):
     assert isinstance(pipe.scheduler, DDIMScheduler)
     with pytest.raises(ValueError, match="latents"):
         run(pipe, latents=torch.zeros(1, 4, 8, 8, 8))
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+
+def test_cli_generate_with_fifo_and_bad_fifo_options(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    from videofusion.apps import common
+    from videofusion.apps.main import main
+    made = []
+    monkeypatch.setattr(common, "FIFO", lambda **kw: made.append(FIFO(window=4, **kw)) or made[-1])  # 4: fast
+    out = tmp_path / "fifo.mp4"
+    base = ["generate", PROMPT, "--model", tiny_pipeline_dir, "--steps", "1", "--height", "16", "--width", "16",
+            "--seed", "1", "--quiet", "--scheduler", "ddim"]
+    assert main([*base, "--num-frames", "7", "--long-video", "fifo:2", "--output", str(out)]) == 0
+    assert made == [FIFO(window=4, num_partitions=2)]  # 8 levels: 4 warm-up frames, then the video's 7
+    assert str(out) in capsys.readouterr().out and len(load_video(str(out))) == 7
+    for extra in (["fifo:0"], ["fifo:x"]):  # argparse: one line, exit code 2
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, "--long-video", *extra])
+        assert exit_info.value.code == 2 and "fifo:PARTITIONS" in capsys.readouterr().err
+    refused = tmp_path / "euler.mp4"
+    code = main([*base, "--num-frames", "7", "--long-video", "fifo", "--scheduler", "euler", "--output", str(refused)])
+    err = capsys.readouterr().err
+    assert code == 2 and "DDIMScheduler" in err and len(err.strip().splitlines()) == 1 and not refused.exists()

@@ -104,8 +104,9 @@ def add_eval_demo(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the demo's)")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 7.5)")
     p.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
-    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
-                   help="FreeNoise long-video option for every video, e.g. 16:4 (default: off)")
+    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE] | fifo[:P]",
+                   help="long-video option for every video: FreeNoise, e.g. 16:4, or FIFO-Diffusion, e.g. fifo:4 "
+                        "(default: off)")
     p.add_argument("--noise", default=None, choices=("independent", "decomposed"))
     p.add_argument("--noise-ratio", type=float, default=None)
     p.add_argument("--lora", type=lora_arg, action="append", default=None, metavar="PATH[:SCALE]",
