@@ -35,7 +35,7 @@ Pairs must be at most 150 degrees apart in hue (the arc from A to B is then unam
 ``--frames`` frames (default 8, half of the 16 the model was trained on, for speed; checked on these two
 pairs, 7 prompts each, 4 seeds: the same colour was read at 8 and at 16 frames in 54 of 56 videos; at 4
 frames and 16 in 49); steps and guidance default to the demo's (25, 7.5). The default 16 seeds (24 prompts
-of 16 videos, about 6 CPU minutes on 1 thread) suffice for this model, whose colour for a prompt varies
+of 16 videos, about 11 minutes on 1 thread) suffice for this model, whose colour for a prompt varies
 little with the seed. Torch uses ``--threads`` CPU threads (default 1); calls are batched ``--batch-size``
 videos at a time, one generator per video, so a video does not depend on the batch it is in.
 """

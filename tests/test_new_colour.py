@@ -61,7 +61,8 @@ def test_orange_is_read_only_when_asked():
     clip = render_clip(spec, 8, 64, 64)
     assert caption(spec) == "an orange square moving up"
     assert analyse_clip(clip)["colour"] != "orange" and analyse_clip(clip, ["orange"])["colour"] == "orange"
-    assert parse_prompt(caption(spec))["colour"] is None and parse_prompt(caption(spec), ["orange"])["colour"] == "orange"
+    assert parse_prompt(caption(spec))["colour"] is None
+    assert parse_prompt(caption(spec), ["orange"])["colour"] == "orange"
     scored = score_clip(clip, caption(spec), extra_colours=["orange"])
     assert scored["colour_ok"] and scored["direction_ok"]
     with pytest.raises(ValueError, match="extra_colours"):

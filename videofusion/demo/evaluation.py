@@ -9,7 +9,8 @@ shape on a plain background), built to tolerate the soft, noisy output of a smal
    is ``None``;
 3. colour: the median of (pixel - background) over the "core" pixels (distance > 0.6 x contrast),
    classified to the nearest :data:`~videofusion.demo.shapes.COLOURS` entry by hue (``None``
-   if it is grey; with ``extra_colours``, those of :data:`~videofusion.demo.shapes.EXTRA_COLOURS` compete too); hue of a difference from a grey is the hue of the colour itself, and it is
+   if it is grey; with ``extra_colours``, those of :data:`~videofusion.demo.shapes.EXTRA_COLOURS`
+   compete too); hue of a difference from a grey is the hue of the colour itself, and it is
    unchanged by a washed-out shape (blended with the background);
 4. coverage ``alpha`` of each pixel: the projection of (pixel - background) onto
    (shape colour - background), 0 at the background and 1 on the shape;
@@ -173,10 +174,10 @@ def analyse_clip(frames, extra_colours: Iterable[str] = ()) -> dict:
     """Estimate the colour, shape and motion direction of the one shape in a clip.
 
     ``frames``: ``(num_frames, height, width, 3)``, uint8 or float in [0, 1] (numpy, or anything
-    ``np.asarray`` takes); ``extra_colours``: see :func:`classify_colour`. Returns ``{"colour", "shape", "direction"}`` (a vocabulary word,
-    ``"none"`` for a still shape, ``None`` when it cannot be told) plus diagnostics: ``contrast``
-    (0..1 RGB distance), ``displacement`` = (dx, dy) over the clip as fractions of width and height
-    (y grows downwards), and ``shape_errors`` (template distance per shape, lower is better).
+    ``np.asarray`` takes); ``extra_colours``: see :func:`classify_colour`. Returns ``{"colour", "shape",
+    "direction"}`` (a vocabulary word, ``"none"`` for a still shape, ``None`` when it cannot be told) plus
+    diagnostics: ``contrast`` (0..1 RGB distance), ``displacement`` = (dx, dy) over the clip as fractions of
+    width and height (y grows downwards), and ``shape_errors`` (template distance per shape, lower is better).
     """
     clip = _as_clip(frames)
     extra_colours = check_extra_colours(extra_colours)
