@@ -1,6 +1,6 @@
 """The command line's first video: process start to file written, with our CLIP text model and with transformers'.
 
-    python bench/first_video.py [--runs 5] [--warmup 1] [--variants videofusion transformers] [--importtime]
+    python bench/first_video.py [--runs 5] [--warmup 1] [--variants videofusion transformers fast] [--importtime]
 
 Each run is a fresh process running the real command (the installed ``videofusion`` script beside this Python,
 else ``python -m videofusion.apps.main``)::
@@ -9,7 +9,8 @@ else ``python -m videofusion.apps.main``)::
 
 ``videofusion`` loads our CLIP text encoder and tokenizer (the default); ``transformers`` is the same command
 with ``VIDEOFUSION_CLIP=transformers`` in its environment, which loads transformers' classes (and pays for
-importing transformers). The variants take turns (A B A B ...) so a busy machine slows both alike, after
+importing transformers); ``fast`` adds ``--fast``: the demo's 4-step distilled model. The variants take turns
+(A B C A B C ...) so a busy machine slows them alike, after
 ``--warmup`` untimed runs of each. The table shows medians: ``wall`` (process start to exit, the file
 written), and from the command's own printed times ``load`` (the pipeline from its folder) and ``generate``
 (the denoising and decoding); ``rest`` is wall minus those two: interpreter start, imports, option checks and
@@ -34,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPT = "a red circle moving left"
-VARIANTS = {"videofusion": {}, "transformers": {"VIDEOFUSION_CLIP": "transformers"}}
+# variant -> (environment, more generate options)
+VARIANTS = {"videofusion": ({}, ()), "transformers": ({"VIDEOFUSION_CLIP": "transformers"}, ()),
+            "fast": ({}, ("--fast",))}
 HEAVY = ("transformers", "diffusers", "gradio", "ray")  # none of these belongs on the generate path
 _TIMES = re.compile(r"generated in ([\d.]+) s .*loaded in ([\d.]+) s")
 _IMPORT = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")
@@ -70,8 +73,8 @@ def run_once(variant: str, output: str | os.PathLike, extra: list[str] | tuple[s
     if variant not in VARIANTS:
         raise ValueError(f"variant: must be one of {list(VARIANTS)}, got {variant!r}")
     env = {k: v for k, v in os.environ.items() if k != "VIDEOFUSION_CLIP"}
-    env.update(VARIANTS[variant])
-    argv = command(output, extra)
+    env.update(VARIANTS[variant][0])
+    argv = command(output, (*VARIANTS[variant][1], *extra))
     if importtime:
         argv = [argv[0], "-X", "importtime", *argv[1:]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="timed runs per variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first (default 1)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
-                   help=f"which text models: {', '.join(VARIANTS)} (default: both)")
+                   help=f"which commands: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--importtime", action="store_true", help="also list the import costs of each variant")
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:

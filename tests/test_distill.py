@@ -154,3 +154,28 @@ def test_config_files_and_the_command(tiny_pipeline_dir, tmp_path, capsys):
     assert main(["distill", str(path)]) == 2
     err = capsys.readouterr().err
     assert "guidance_scael" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_four_step_student():
+    """videofusion/demo/model-4step: an LCMScheduler folder with embedded guidance, as small as the demo model,
+    that draws the prompt's colour and direction in 4 steps of one UNet call each."""
+    from videofusion import DiffusionPipeline, LCMScheduler
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.demo.evaluation import score_clip
+    folder = DEMO_MODEL_PATH.parent / "model-4step"
+    if not (folder / "model_index.json").is_file():
+        pytest.skip("no shipped 4-step student")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.unet.config.time_cond_proj_dim == 256
+    batches = []
+    pipe.unet.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    frames = pipe(prompts, num_inference_steps=4, guidance_scale=7.5,
+                  generator=[torch.Generator().manual_seed(i) for i in range(2)]).frames
+    assert batches == [2] * 4  # one call per step for the whole batch, no classifier-free copy
+    for prompt, video in zip(prompts, frames):
+        scored = score_clip(video, prompt)
+        assert scored["colour_ok"] and scored["direction_ok"], (prompt, scored["predicted"])

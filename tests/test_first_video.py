@@ -42,3 +42,23 @@ def test_one_run_writes_a_video_without_heavy_imports(bench, tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="not a readable video"):
         bench.check_video(tmp_path / "bad.mp4")
+
+
+def test_fast_runs_the_4_step_model_and_refuses_a_model_beside_it(bench, tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    from videofusion import load_video
+    from videofusion.demo import DEMO_FAST_MODEL_PATH
+    from videofusion.demo.evaluation import score_clip
+    assert (DEMO_FAST_MODEL_PATH / "model_index.json").is_file()
+    run = bench.run_once("fast", tmp_path / "fast.mp4")
+    frames = np.stack([np.asarray(f) for f in load_video(str(tmp_path / "fast.mp4"))])
+    read = score_clip(frames, bench.PROMPT)["predicted"]
+    assert (read["colour"], read["direction"]) == ("red", "left") and run.gen_s > 0
+    argv = bench.command(tmp_path / "x.mp4", ["--fast", "--model", "some/model"])
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "videofusion generate: error: --fast:"), result.stderr
+    assert not (tmp_path / "x.mp4").exists()

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..demo import DEMO_DEFAULTS, DEMO_MODEL_PATH
+from ..demo import DEMO_DEFAULTS, DEMO_FAST_DEFAULTS, DEMO_FAST_MODEL_PATH, DEMO_MODEL_PATH
 from ..errors import SettingError
 from ..long_video import FIFO, LongVideo
 from ..runtime.devices import DTYPES, default_threads
@@ -43,21 +43,29 @@ def cli_error(error: SettingError, flags: Mapping[str, str] = FLAGS) -> CLIError
 # ------------------------------------------------------------------------------------------- the model
 
 
-def resolve_model(model: str | None) -> str:
-    """The model a front end loads: ``model`` (a folder or Hub id), else the built-in demo model."""
+def resolve_model(model: str | None, fast: bool = False) -> str:
+    """The model a front end loads: ``model`` (a folder or Hub id), else the built-in demo model, or with
+    ``fast`` (``--fast``) its 4-step student."""
+    if fast and model:
+        raise CLIError(f"--fast: picks the built-in demo's 4-step model; leave out --model (got {model!r})")
+    path = DEMO_FAST_MODEL_PATH if fast else DEMO_MODEL_PATH
     if model:
         return model
-    if not DEMO_MODEL_PATH.is_dir():
-        raise CLIError("--model: no built-in demo model is installed; pass a model folder or Hub id")
-    return str(DEMO_MODEL_PATH)
+    if not path.is_dir():
+        raise CLIError(f"--model: no built-in demo model is installed at {path}; pass a model folder or Hub id")
+    return str(path)
+
+
+def _same_folder(model: str, path: Path) -> bool:
+    try:
+        return os.path.isdir(model) and Path(model).resolve() == path.resolve()
+    except OSError:
+        return False
 
 
 def is_demo_model(model: str) -> bool:
-    """True when ``model`` is the built-in demo model's folder."""
-    try:
-        return os.path.isdir(model) and Path(model).resolve() == DEMO_MODEL_PATH.resolve()
-    except OSError:
-        return False
+    """True when ``model`` is the built-in demo model's folder or its 4-step student's (the same vocabulary)."""
+    return _same_folder(model, DEMO_MODEL_PATH) or _same_folder(model, DEMO_FAST_MODEL_PATH)
 
 
 def model_folder(model: str, variant: str | None = None) -> Path:
@@ -72,7 +80,9 @@ def model_folder(model: str, variant: str | None = None) -> Path:
 
 def model_defaults(model: str) -> dict[str, Any]:
     """Settings a model recommends over :class:`GenerationSettings`' defaults: the demo model's own
-    (its native size and a short schedule), else none."""
+    (its native size and a short schedule; 4 steps for its student), else none."""
+    if _same_folder(model, DEMO_FAST_MODEL_PATH):
+        return dict(DEMO_FAST_DEFAULTS)
     return dict(DEMO_DEFAULTS) if is_demo_model(model) else {}
 
 

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
                                    "optionally refined by a second model (--refine-model), and write it as mp4 or gif.")
     p.add_argument("prompt", help="what the video shows")
     p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
+    p.add_argument("--fast", action="store_true",
+                   help="the built-in demo's 4-step model (distilled from it; several times faster) instead of --model")
     p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from")
     p.add_argument("--num-frames", type=int, default=None, help="frames (default: the model's, else 16)")
@@ -64,8 +66,10 @@ def add_parser(sub) -> None:
     p.add_argument("--noise", default=None, choices=("independent", "decomposed"),
                    help="initial noise; decomposed = VideoFusion's shared base + per-frame residual")
     p.add_argument("--noise-ratio", type=float, default=None, help="weight of the shared base noise (default 0.5)")
-    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE]",
-                   help="FreeNoise windowed temporal attention + noise rescheduling for long videos, e.g. 16:4")
+    p.add_argument("--long-video", type=long_video_arg, default=None, metavar="WINDOW[:STRIDE] | fifo[:P]",
+                   help="long videos: FreeNoise windows with noise rescheduling (e.g. 16:4), or FIFO-Diffusion's "
+                        "diagonal denoising with P partitions (fifo, fifo:4; DDIM or DDPM; frames streamed to the "
+                        "file as they finish)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(run=run_generate)
 
@@ -127,7 +131,7 @@ def plan_stages(args, prompt: str) -> list[Stage]:
         raise CLIError("--strength: only with --init-video (--refine-strength sets the refinement's)")
     if args.refine_model is None and (args.refine_size or args.refine_strength is not None):
         raise CLIError("--refine-size, --refine-strength: only with --refine-model")
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, fast=args.fast)
     given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                  negative_prompt=args.negative_prompt, noise=args.noise, noise_ratio=args.noise_ratio,
                  long_video=args.long_video)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_MODEL_PATH = Path(__file__).parent / "model"
+# Its 4-step student (``videofusion distill configs/distill-demo.toml``: LCMScheduler, guidance embedded).
+DEMO_FAST_MODEL_PATH = Path(__file__).parent / "model-4step"
 
 # Settings the demo model was trained and evaluated with (its native size and a short schedule).
 DEMO_DEFAULTS = {"num_frames": 16, "num_inference_steps": 25, "guidance_scale": 7.5}
+DEMO_FAST_DEFAULTS = {**DEMO_DEFAULTS, "num_inference_steps": 4}
