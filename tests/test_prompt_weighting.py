@@ -62,3 +62,12 @@ def test_weight_one_is_the_plain_prompt_bit_for_bit(pipe):
     assert torch.allclose(weighted, emphasize(plain, weights), atol=1e-6)
     assert not torch.allclose(weighted, plain, atol=1e-4)
     assert not torch.equal(embeds(pipe, "a (red:1.5) circle moving left"), weighted)  # off: brackets are text
+
+
+def test_emphasize_does_not_rescale_by_a_mean_of_rounding_errors():
+    z = torch.randn(2, 5, 8)
+    z = z - z.mean(dim=-1, keepdim=True)  # a layer norm without bias: every token's mean is 0
+    w = torch.tensor([[1.0, 2.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0, 1.0]])
+    out = emphasize(z, w)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, z * w[..., None], atol=1e-6)  # the weights as given, no rescaling

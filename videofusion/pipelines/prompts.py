@@ -93,10 +93,17 @@ def weighted_batch(tokenizer, texts: list[str]) -> tuple[list[str] | None, torch
 
 def emphasize(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``embeddings`` (n, tokens, dim) times ``weights`` (n, tokens), each prompt rescaled to its unweighted
-    mean (sd-webui's "original" emphasis); computed in float32, returned in the embeddings' dtype."""
+    mean (sd-webui's "original" emphasis); computed in float32, returned in the embeddings' dtype.
+
+    A text encoder whose output has a mean of zero (a final layer norm without bias, as the demo model's)
+    makes that ratio one of rounding errors (measured on the demo: from -12 to 12, or 0/0); where either
+    mean is below 1e-3 of the mean magnitude the prompt is left unrescaled (sd-webui's "no norm")."""
     z = embeddings.float()
     weighted = z * weights.to(z.device, z.dtype)[..., None]  # (n, tokens, dim)
-    scale = z.mean(dim=(1, 2), keepdim=True) / weighted.mean(dim=(1, 2), keepdim=True)  # (n, 1, 1)
+    mean, new_mean = z.mean(dim=(1, 2), keepdim=True), weighted.mean(dim=(1, 2), keepdim=True)  # (n, 1, 1)
+    floor = 1e-3 * z.abs().mean(dim=(1, 2), keepdim=True)
+    defined = (mean.abs() > floor) & (new_mean.abs() > floor)
+    scale = torch.where(defined, mean / torch.where(defined, new_mean, 1.0), 1.0)
     return (weighted * scale).to(embeddings.dtype)
 
 
