@@ -294,3 +294,39 @@ def test_stable_lora_webui_and_full_weights(tmp_path_factory, models_one_thread)
         assert close(ours[0], reference[0], 1e-5), name
         if name.startswith("webui"):
             assert close(ours[1], reference[1], 1e-5)
+
+
+def test_t2v_turbo_file_on_a_guidance_distilled_unet(tmp_path_factory, tmp_path, models_one_thread):
+    """T2V-Turbo's layout: a UNet whose guidance projection (time_cond_proj_dim) is set, and ``unet_lora.pt``
+    a keyless list over every linear and convolution of the whole UNet in module order, the projection
+    included; the pipeline then samples with LCMScheduler, one UNet call per step."""
+    from diffusers import LCMScheduler as RefLCM
+    folder = make_diffusers_pipeline_folder(str(tmp_path_factory.mktemp("turbo")),
+                                            unet=dict(TINY_UNET, time_cond_proj_dim=8))
+    RefLCM().save_pretrained(f"{folder}/scheduler")
+    index = json.loads(open(f"{folder}/model_index.json").read())
+    with open(f"{folder}/model_index.json", "w") as f:
+        json.dump({**index, "scheduler": ["diffusers", "LCMScheduler"]}, f)
+    tensors, sd = keyless_file(diffusers_unet(folder), {"UNet3DConditionModel"}, seed=8)
+    assert "time_embedding.cond_proj.lora_A.weight" in sd  # the guidance projection takes an adapter too
+    torch.save(tensors, tmp_path / "unet_lora.pt")
+    pipe = fresh(folder)
+    pipe.load_lora_weights(tmp_path / "unet_lora.pt")
+    reference = with_diffusers_format(folder, {f"unet.{k}": v for k, v in sd.items()}, tmp_path)
+    x, t, ctx = unet_inputs()
+    cond = torch.randn(1, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = pipe.unet(x, t, ctx, timestep_cond=cond).sample
+        assert close(ours, reference.unet(x, t, ctx, timestep_cond=cond).sample, 1e-6)
+        assert not close(ours, fresh(folder).unet(x, t, ctx, timestep_cond=cond).sample, 1e-3)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    frames = pipe("a red circle", num_inference_steps=4, num_frames=3, height=16, width=16,
+                  generator=torch.Generator().manual_seed(0)).frames
+    assert calls == [1] * 4 and np_isfinite(frames)
+
+
+def np_isfinite(frames) -> bool:
+    import numpy as np
+    return bool(np.isfinite(np.asarray(frames)).all())

@@ -153,6 +153,8 @@ def original_key(key: str, config: UNet3DConfig) -> str:
         return {"conv_in": "input_blocks.0.0", "transformer_in": "input_blocks.0.1", "conv_norm_out": "out.0",
                 "conv_out": "out.2"}[head] + "." + rest(1)
     if head == "time_embedding":
+        if parts[1] not in ("linear_1", "linear_2"):  # e.g. a distilled UNet's cond_proj
+            raise ValueError(f"{key}: the original release has no such layer")
         return {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[parts[1]] + "." + rest(2)
     if head == "down_blocks":
         i, kind = int(parts[1]), parts[2]
