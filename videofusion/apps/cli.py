@@ -32,7 +32,8 @@ def add_training(sub) -> None:
     p = sub.add_parser("distill", help="distil a pipeline into a few-step student (latent consistency distillation)",
                        description="Distil the config's model into a student that samples in a few steps with "
                                    "LCMScheduler (keys: see videofusion.training.distill.DistillConfig; "
-                                   "configs/distill-demo.toml). Writes OUTPUT_DIR/model; resumes from "
+                                   "configs/distill-demo.toml). Writes OUTPUT_DIR/model (a LoRA student: "
+                                   "OUTPUT_DIR/lora); resumes from "
                                    "OUTPUT_DIR/checkpoint.pt when it exists.")
     p.add_argument("config", help="a .toml or .json distillation config")
     p.add_argument("--steps", type=int, default=None, help="override the config's step count")
@@ -78,9 +79,8 @@ def run_distill(args) -> int:
     overrides = {k: v for k, v in dict(steps=args.steps, output_dir=args.output_dir,
                                        noise_ratio=args.noise_ratio).items() if v is not None}
     summary = distill(DistillConfig.from_file(args.config, **overrides), resume=not args.no_resume)
-    print(f"{summary['config']['output_dir']}/model  ({summary['steps']} steps, "
-          f"final loss {summary['final_loss_avg50']:.4f}, {summary['seconds']:.0f} s; sample it with "
-          f"--steps 4)")
+    print(f"{summary['output']}  ({summary['steps']} steps, final loss {summary['final_loss_avg50']:.4f}, "
+          f"{summary['seconds']:.0f} s; sample it in 4 steps, see docs/few-step.md)")
     return 0
 
 

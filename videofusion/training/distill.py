@@ -12,6 +12,10 @@ consistency model, Zhai et al. 2024, and T2V-Turbo, Li et al. 2024, distil Model
    the guidance) is pulled towards the target network's ``f(x_prev, t_n)`` (Huber or L2 loss); the target
    network is an exponential moving average of the student (``target_ema_decay``, no warm-up).
 
+With ``student = "lora"`` the student is the teacher's UNet plus trainable LoRA adapters: the teacher's calls
+run it with the adapters off, the target network's with a second, frozen adapter holding the EMA of the
+student's; only the adapters are trained, checkpointed and saved (diffusers' LoRA format).
+
 ``f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t)`` (:func:`videofusion.schedulers.lcm.consistency_scalings`),
 so f is exact at t = 0 and the grid's last step has a fixed target. Every random draw of step ``k`` is
 seeded by ``(seed, k)`` as in ``videofusion train``, whose data, EMA, optimiser and checkpoint machinery
@@ -27,14 +31,16 @@ from typing import Any
 
 import torch
 
+from ..adapters.formats import write_lora
 from ..io.files import read_json
 from ..noise import initial_latents
 from ..runtime.devices import pick_device
 from ..settings import is_count, is_number
-from .train import (EMA, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions, make_optimizer,
-                    read_config_file, resolve_model, step_generator)
+from .lora import load_lora_state, lora_state
+from .train import (EMA, LORA_FILE, LORA_TARGETS, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions,
+                    make_optimizer, read_config_file, resolve_model, step_generator)
 
-STUDENTS = ("unet",)   # the whole UNet is trained (LoRA students: not yet)
+STUDENTS = ("unet", "lora")   # the whole UNet is trained, or LoRA adapters on the teacher's UNet
 LOSSES = ("huber", "l2")
 
 
@@ -43,8 +49,8 @@ class DistillConfig:
     """What to distil, on what, how long. Read from JSON/TOML by :meth:`from_file` (configs/distill-demo.toml)."""
 
     model: str                       # the teacher: a pipeline folder (or Hub id)
-    output_dir: str                  # checkpoint.pt, model/ (the student with an LCMScheduler), loss.png, log.json
-    data: Any                        # as videofusion train: videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, ...}
+    output_dir: str                  # checkpoint.pt, model/ (the student with an LCMScheduler) or lora/, loss.png
+    data: Any  # as videofusion train: videos+.txt folder, .jsonl, or {"shapes": N, "seed": S, ...}
     num_frames: int = 16
     height: int | None = None        # pixels; None: the model's own size
     width: int | None = None
@@ -54,7 +60,11 @@ class DistillConfig:
     lr_warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    student: str = "unet"            # "unet": a copy of the teacher's whole UNet is trained
+    student: str = "unet"            # "unet": a copy of the teacher's whole UNet is trained; "lora": LoRA
+    #   adapters on the teacher's UNet (needs lora_rank, embed_guidance = false and one guidance_scale number)
+    lora_rank: int | None = None     # the LoRA student's rank; saved to lora/ in diffusers' format
+    lora_alpha: float | None = None  # LoRA scaling alpha / rank; default: the rank
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # layer names or endings
     guidance_scale: Any = (5.0, 10.0)  # the teacher's classifier-free guidance: [low, high] drawn uniformly per
     #   clip (needs embed_guidance), or one number; the pipeline's convention (1 = no guidance)
     embed_guidance: bool = True      # the student gets time_cond_proj_dim: guidance_scale - 1 as timestep_cond, so
@@ -89,6 +99,20 @@ class DistillConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
         low, high = self.guidance_range
+        if self.student == "lora" and (self.embed_guidance or low != high):
+            raise ValueError(f"student: \"lora\" needs embed_guidance = false and one guidance_scale number (a LoRA "
+                             f"student cannot embed the guidance), got embed_guidance = "
+                             f"{str(self.embed_guidance).lower()}, guidance_scale = {self.guidance_scale!r}")
+        if self.student == "lora" and not is_count(self.lora_rank):
+            raise ValueError(f"lora_rank: student = \"lora\" needs an integer >= 1, got {self.lora_rank!r}")
+        if self.student != "lora" and (self.lora_rank is not None or self.lora_alpha is not None):
+            raise ValueError("lora_rank: lora_rank and lora_alpha are for student = \"lora\"")
+        if self.lora_alpha is not None and not (is_number(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha: must be a number > 0 or absent, got {self.lora_alpha!r}")
+        if not (isinstance(self.lora_target_modules, list) and self.lora_target_modules
+                and all(isinstance(t, str) and t for t in self.lora_target_modules)):
+            raise ValueError(f"lora_target_modules: must be a non-empty list of layer names, "
+                             f"got {self.lora_target_modules!r}")
         if self.embed_guidance and self.time_cond_proj_dim < 2:
             raise ValueError(f"time_cond_proj_dim: must be >= 2 (sines and cosines), got {self.time_cond_proj_dim}")
         if low != high and not self.embed_guidance:
@@ -170,6 +194,35 @@ def make_student(teacher, config: DistillConfig):
     return student.to(next(teacher.parameters()).device)
 
 
+def add_lora_student(pipe, config: DistillConfig) -> tuple[dict, dict]:
+    """The LoRA student on ``pipe.unet``: a trainable adapter ``student`` (``lora_rank``, ``lora_alpha``, on
+    ``lora_target_modules``, drawn from the run's seed as ``videofusion train`` draws its adapters) and the
+    target network's adapter ``target``, a frozen copy of it on the same layers. Returns both: layer ->
+    update (``down`` / ``up``). :func:`use_adapter` picks which one a call sees."""
+    alpha = config.lora_alpha or config.lora_rank
+    student = pipe.lora.add_trainable("unet", "student", config.lora_target_modules, config.lora_rank, alpha,
+                                      torch.Generator("cpu").manual_seed(config.seed))
+    target = pipe.lora.add_trainable("unet", "target", config.lora_target_modules, config.lora_rank, alpha,
+                                     torch.Generator("cpu").manual_seed(config.seed))
+    with torch.no_grad():
+        for layer, update in student.items():
+            for part in ("down", "up"):
+                getattr(target[layer], part).copy_(getattr(update, part)).requires_grad_(False)
+    return student, target
+
+
+def use_adapter(unet, name: str | None) -> None:
+    """The next calls of a LoRA student's ``unet`` see only adapter ``name`` (weight 1), or none (the teacher)."""
+    adapters = unet.lora_adapters
+    adapters.enabled = name is not None
+    if name is not None:
+        adapters.set_active([name], [1.0])
+
+
+def adapter_params(updates: dict) -> list[torch.nn.Parameter]:
+    return [p for update in updates.values() for p in (update.down, update.up)]
+
+
 def _per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(b,) -> (b, 1, 1, 1, 1) in ``like``'s dtype and device, to scale (b, c, f, h, w) latents."""
     return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
@@ -180,8 +233,10 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, then the student pipeline (the
     teacher's components with the student UNet and an :class:`~videofusion.schedulers.LCMScheduler`) to
-    ``output_dir/model`` and ``loss.png``. Every file is written atomically; bad settings are refused before
-    any weights load.
+    ``output_dir/model`` and ``loss.png``; with ``student = "lora"``, the adapters alone to
+    ``output_dir/lora/pytorch_lora_weights.safetensors`` (diffusers' LoRA format) and the LCMScheduler's config
+    to ``output_dir/scheduler``. The summary's ``output`` is where the student is. Every file is written
+    atomically; bad settings are refused before any weights load.
     """
     from ..pipelines.core import guidance_embedding
     from ..pipelines.text_to_video import TextToVideoSDPipeline
@@ -210,23 +265,34 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
     grid = solver_grid(solver.config.num_train_timesteps, config.skip_steps).to(device)
     prediction_type = solver.config.prediction_type
 
-    student = make_student(teacher, config).train()
-    student.requires_grad_(True)
+    lora = config.student == "lora"
+    if lora:  # one UNet: the teacher with no adapter, the student's, or the target network's
+        adapters, target_adapters = add_lora_student(pipe, config)
+        student = target_net = teacher
+        trainable, target_params = adapter_params(adapters), adapter_params(target_adapters)
+    else:
+        student = make_student(teacher, config).train()
+        student.requires_grad_(True)
+        target_net = copy.deepcopy(student).requires_grad_(False).eval()
+        trainable, target_params = list(student.parameters()), list(target_net.parameters())
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
-    target_net = copy.deepcopy(student).requires_grad_(False).eval()
-    trainable = list(student.parameters())
+    select = (lambda name: use_adapter(teacher, name)) if lora else (lambda name: None)
     optimizer, schedule = make_optimizer([{"params": trainable, "lr": config.learning_rate}],
                                          config.weight_decay, config.lr_warmup_steps)
-    target = EMA(trainable, config.target_ema_decay, shadow=list(target_net.parameters()), warmup=False)
+    target = EMA(trainable, config.target_ema_decay, shadow=target_params, warmup=False)
     ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
     scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
 
     if run.state is not None:
         state = run.state
-        student.load_state_dict(state["unet"])
-        target_net.load_state_dict(state["target"])
+        if lora:
+            load_lora_state({"unet": adapters}, state["lora"])
+            load_lora_state({"unet": target_adapters}, state["target"])
+        else:
+            student.load_state_dict(state["unet"])
+            target_net.load_state_dict(state["target"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
@@ -238,9 +304,11 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
         empty = embed_captions(tokenizer, text_encoder, [""], device)  # (1, tokens, d): the unconditional caption
 
     def state_fn() -> dict:
-        return {"unet": student.state_dict(), "target": target_net.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.shadow if ema is not None else None, "config": dataclasses.asdict(config)}
+        weights = {"lora": lora_state({"unet": adapters}), "target": lora_state({"unet": target_adapters})} if lora \
+            else {"unet": student.state_dict(), "target": target_net.state_dict()}
+        return {**weights, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.shadow if ema is not None else None,
+                "config": dataclasses.asdict(config)}
 
     def consistency(model, x: torch.Tensor, t: torch.Tensor, context, cond) -> torch.Tensor:
         """f(x, t): the model's x0 estimate through the boundary condition; x (b, c, f, h, w), t (b,)."""
@@ -267,8 +335,13 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
         cond = guidance_embedding(scale.cpu() - 1.0, config.time_cond_proj_dim).to(device) \
             if config.embed_guidance else None  # (b, time_cond_proj_dim)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            select("student")
+            student.train()
             pred = consistency(student, x, start, context, cond)
+            if lora:
+                teacher.eval()
             with torch.no_grad():
+                select(None)
                 out = teacher(torch.cat([x, x]), torch.cat([start, start]),
                               encoder_hidden_states=torch.cat([empty.expand(b, -1, -1), context]),
                               return_dict=False)[0].float()
@@ -276,7 +349,9 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
                 guided = uncond + _per_clip(scale, x) * (conditional - uncond)  # classifier-free guidance
                 x0, eps = predict_x0_eps(guided, x, _per_clip(abar[start], x), prediction_type)
                 x_prev = ddim_step(x0, eps, _per_clip(abar[prev], x), 0.0)  # one solver step t_{n+1} -> t_n
+                select("target")
                 goal = consistency(target_net, x_prev, prev, context, cond)
+                select("student")
         loss = consistency_loss(pred, goal, config.loss, config.huber_c)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -299,6 +374,13 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
         scheduler_config, original_inference_steps=solver.config.num_train_timesteps // config.skip_steps,
         timestep_scaling=config.timestep_scaling)
     pipe.to("cpu")
-    pipe.save_pretrained(str(run.out / "model"))
+    if lora:
+        output = run.out / LORA_FILE
+        alpha = config.lora_alpha or config.lora_rank
+        write_lora(output, {"unet": adapters}, config.lora_rank, alpha, {"unet": config.lora_target_modules})
+        pipe.scheduler.save_pretrained(str(run.out / "scheduler"))
+    else:
+        output = run.out / "model"
+        pipe.save_pretrained(str(output))
     return run.finish(f"consistency loss, {config.steps} steps, guidance {low:g}-{high:g}",
-                      {"device": str(device), "config": dataclasses.asdict(config)})
+                      {"device": str(device), "output": str(output), "config": dataclasses.asdict(config)})
