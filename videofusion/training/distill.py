@@ -37,8 +37,9 @@ from ..noise import initial_latents
 from ..runtime.devices import pick_device
 from ..settings import is_count, is_number
 from .lora import load_lora_state, lora_state
-from .train import (EMA, LORA_FILE, LORA_TARGETS, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions,
-                    make_optimizer, read_config_file, resolve_model, step_generator)
+from .optimiser import EMA, Optimiser
+from .train import (LORA_FILE, LORA_TARGETS, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions,
+                    read_config_file, resolve_model, step_generator)
 
 STUDENTS = ("unet", "lora")   # the whole UNet is trained, or LoRA adapters on the teacher's UNet
 LOSSES = ("huber", "l2")
@@ -278,12 +279,8 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     select = (lambda name: use_adapter(teacher, name)) if lora else (lambda name: None)
-    optimizer, schedule = make_optimizer([{"params": trainable, "lr": config.learning_rate}],
-                                         config.weight_decay, config.lr_warmup_steps)
+    opt = Optimiser([{"params": trainable, "lr": config.learning_rate}], config)
     target = EMA(trainable, config.target_ema_decay, shadow=target_params, warmup=False)
-    ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
-    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
 
     if run.state is not None:
         state = run.state
@@ -293,12 +290,7 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
         else:
             student.load_state_dict(state["unet"])
             target_net.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            for s, saved in zip(ema.shadow, state["ema"]):
-                s.copy_(saved)
+        opt.load_state_dict(state)
     batches = LatentBatches(dataset, vae, device, config.cache_latents)
     with torch.no_grad():
         empty = embed_captions(tokenizer, text_encoder, [""], device)  # (1, tokens, d): the unconditional caption
@@ -306,9 +298,7 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
     def state_fn() -> dict:
         weights = {"lora": lora_state({"unet": adapters}), "target": lora_state({"unet": target_adapters})} if lora \
             else {"unet": student.state_dict(), "target": target_net.state_dict()}
-        return {**weights, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.shadow if ema is not None else None,
-                "config": dataclasses.asdict(config)}
+        return {**weights, **opt.state_dict(), "config": dataclasses.asdict(config)}
 
     def consistency(model, x: torch.Tensor, t: torch.Tensor, context, cond) -> torch.Tensor:
         """f(x, t): the model's x0 estimate through the boundary condition; x (b, c, f, h, w), t (b,)."""
@@ -334,7 +324,7 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
             context = embed_captions(tokenizer, text_encoder, captions, device)  # (b, tokens, d)
         cond = guidance_embedding(scale.cpu() - 1.0, config.time_cond_proj_dim).to(device) \
             if config.embed_guidance else None  # (b, time_cond_proj_dim)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=opt.autocast_dtype, enabled=opt.autocast_dtype is not None):
             select("student")
             student.train()
             pred = consistency(student, x, start, context, cond)
@@ -353,21 +343,12 @@ def distill(config: DistillConfig, resume: bool = True, progress: bool = True) -
                 goal = consistency(target_net, x_prev, prev, context, cond)
                 select("student")
         loss = consistency_loss(pred, goal, config.loss, config.huber_c)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        opt.step(loss, step)
         target.update(step)
-        if ema is not None:
-            ema.update(step)
         return loss.item()
 
     run.run(step_fn, state_fn, progress, desc="distilling")
-    if ema is not None:
-        ema.copy_to_params()
+    opt.use_average()
     student.eval()
     pipe.unet = student
     pipe.scheduler = LCMScheduler.from_config(

@@ -34,6 +34,7 @@ from ..pipelines.folders import native_geometry
 from ..runtime.devices import pick_device
 from ..settings import GenerationSettings, is_count
 from .lora import TEXT_LORA_TARGETS, add_lora_adapters, load_lora_state, lora_state
+from .optimiser import Optimiser
 from .plot import loss_plot
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -162,31 +163,6 @@ def sample_timesteps(n: int, num_train_timesteps: int, power: float, g: torch.Ge
     return (num_train_timesteps * (1 - u ** power)).long().clamp(0, num_train_timesteps - 1)
 
 
-class EMA:
-    """Exponential moving average of parameters, warmed up as ``decay_k = min(decay, (1 + k) / (10 + k))``
-    (``warmup=False``: ``decay`` from the first step). The average lives in ``shadow``: float32 copies of
-    ``params`` by default, or given tensors updated in place (e.g. the parameters of a target network, as
-    consistency distillation's EMA target)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float, shadow: list[torch.Tensor] | None = None,
-                 warmup: bool = True):
-        self.params, self.decay, self.warmup = params, decay, warmup
-        if shadow is not None and [s.shape for s in shadow] != [p.shape for p in params]:
-            raise ValueError("shadow: must hold one tensor of each parameter's shape, in order")
-        self.shadow = [p.detach().float().clone() for p in params] if shadow is None else shadow
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s.to(p.dtype))
-
-
 def save_loss_curve(losses: list[float], path: Path, title: str = "training loss") -> None:
     """``path`` (PNG, written atomically): the loss per step on a log scale with labelled axes
     (:func:`videofusion.training.plot.loss_plot`)."""
@@ -301,15 +277,6 @@ def embed_captions(tokenizer, text_encoder, captions: list[str], device: torch.d
     return text_encoder(ids)[0]
 
 
-def make_optimizer(groups: list[dict], weight_decay: float, warmup_steps: int):
-    """AdamW over the parameter ``groups`` and its learning-rate schedule: linear warm-up over
-    ``warmup_steps`` (0: none), then constant. Returns (optimizer, schedule)."""
-    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps else 1.0)
-    return optimizer, schedule
-
-
 class TrainingRun:
     """A training command's bookkeeping in ``output_dir``: the checkpoint it resumes from (``state``, None when
     starting over), the loss of every step, the time spent, the progress bar, checkpoints every
@@ -400,11 +367,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     if config.train_text_encoder:
         groups.append({"params": parameters["text_encoder"],
                        "lr": config.text_encoder_learning_rate or config.learning_rate})
-    trainable = [p for g in groups for p in g["params"]]
-    optimizer, schedule = make_optimizer(groups, config.weight_decay, config.lr_warmup_steps)
-    ema = EMA(trainable, config.ema_decay) if config.ema_decay else None
-    scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    opt = Optimiser(groups, config)
 
     if run.state is not None:
         state = run.state
@@ -414,19 +377,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
             unet.load_state_dict(state["unet"])
         if config.train_text_encoder and not lora:
             text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            for s, saved in zip(ema.shadow, state["ema"]):
-                s.copy_(saved)
+        opt.load_state_dict(state)
     weighted = config.foreground_weight > 1.0
     batches = LatentBatches(dataset, vae, device, config.cache_latents, foreground=weighted)
 
     def state_fn() -> dict:
-        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "scaler": scaler.state_dict(), "ema": ema.shadow if ema is not None else None,
-                 "config": dataclasses.asdict(config)}
+        state = {**opt.state_dict(), "config": dataclasses.asdict(config)}
         if lora:
             state["lora"] = lora_state(adapters)
         else:
@@ -446,26 +402,17 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
                                      config.timestep_power, g).to(device)
         noisy = noise_scheduler.add_noise(z0, noise, timesteps)
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, timesteps)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=opt.autocast_dtype, enabled=opt.autocast_dtype is not None):
             with torch.set_grad_enabled(config.train_text_encoder):
                 context = embed_captions(tokenizer, text_encoder, captions, device)
             pred = unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
         loss = weighted_mse(pred.float(), target.float(), config.temporal_weight,
                             None if cover is None else 1.0 + (config.foreground_weight - 1.0) * cover)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        if ema is not None:
-            ema.update(step)
+        opt.step(loss, step)
         return loss.item()
 
     run.run(step_fn, state_fn, progress)
-    if ema is not None:
-        ema.copy_to_params()
+    opt.use_average()
     unet.eval()
     text_encoder.eval()
     pipe.to("cpu")
