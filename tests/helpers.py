@@ -1,8 +1,11 @@
 """Builders of tiny random components, shared by the tests (diffusers is the oracle here only)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -15,6 +18,19 @@ TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=
 TINY_TEXT = dict(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                  vocab_size=600, max_position_embeddings=77, projection_dim=16, hidden_act="gelu",
                  bos_token_id=512, eos_token_id=513, pad_token_id=513)
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str):
+    """The script ``bench/<name>.py`` as a module (registered in ``sys.modules`` as ``bench_<name>``, which its
+    dataclasses need), for tests that call its functions or ``main(argv)`` in-process."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # smaller still, for the seed examples: they run fp16 on the CPU (slow kernels), 64 frames, 50 steps
 MICRO_UNET = dict(TINY_UNET, block_out_channels=(8, 8), norm_num_groups=4, attention_head_dim=2, sample_size=4)
 MICRO_VAE = dict(TINY_VAE, block_out_channels=(8, 8))

@@ -1,24 +1,19 @@
 """bench/prompt_weighting_demo.py keeps working: a short run on the demo model prints the weight-1 check and its
 table (one row per pair, weighted colour and weight, shares in [0, 1]), writes its JSON, and bad options are
 refused (exit code 2) before any model loads."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench
 
 import videofusion
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "prompt_weighting_demo.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_prompt_weighting_demo", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("prompt_weighting_demo")
 
 
 def cells(line: str) -> list[str]:

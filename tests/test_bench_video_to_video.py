@@ -1,23 +1,18 @@
 """bench/video_to_video_demo.py keeps working: a short run on the demo model prints its tables with shares in
 [0, 1], writes its JSON, and bad options are refused (exit code 2) before any model loads."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers import load_bench
 
 import videofusion
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "video_to_video_demo.py"
 HEADER = "| strength | videos | target colour | source colour kept | direction kept | seconds |"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_video_to_video_demo", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("video_to_video_demo")
 
 
 def cells(line: str) -> list[str]:

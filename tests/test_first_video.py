@@ -2,22 +2,15 @@
 is a valid video and whose imports leave out transformers, diffusers, gradio and ray."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import load_bench
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "first_video.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_first_video", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("first_video")
 
 
 def test_table_medians_and_ratio(bench):

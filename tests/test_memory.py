@@ -299,12 +299,8 @@ def test_pipeline_streamed_offload_on_cpu_is_exact(pipe):
 
 def test_bench_memory_tiny_runs(capsys):
     """bench/memory.py --tiny on a minimal plan: every row measured, outputs equal the resident run."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
-    spec = importlib.util.spec_from_file_location("bench_memory", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from helpers import load_bench
+    bench = load_bench("memory")
     assert bench.main(["--tiny", "--frames", "4", "--modes", "resident", "streamed-2", "--steps", "1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"mode"')]
     assert [r["mode"] for r in rows] == ["resident", "streamed-2"] and all("seconds" in r for r in rows)
