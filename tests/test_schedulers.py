@@ -56,13 +56,9 @@ def compare(cls, steps=STEPS, config=MODELSCOPE_DDIM_CONFIG, rtol=1e-5, step_kwa
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: intra-op threads only add wake-up latency (milliseconds per op on a busy
-    2-core machine), so run this module single-threaded and restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(models_one_thread):
+    """Tensors here are tiny: intra-op threads only add wake-up latency, so this module runs single-threaded."""
     yield
-    torch.set_num_threads(before)
 
 
 # LMS: diffusers integrates its multistep weights with scipy.quad over a float32 integrand; ours are

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import MS_SCHEDULER
 from scheduler_oracle import MODELSCOPE_DDIM_CONFIG, assert_config_matches, assert_same_run, diffusers_twin, run
 from test_schedulers import ALL, IDS, RTOL, VARIANTS as BASE_VARIANTS, seed_for
 from test_schedulers_multistep import VARIANTS as SOLVER_VARIANTS
@@ -27,17 +28,12 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn'
 
 DPM, SINGLE, UNIPC, DEIS = (DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler,
                             DEISMultistepScheduler)
-# the ModelScope scheduler config as a script writes it (no bookkeeping keys)
-MS = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-      "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1}
+MS = MS_SCHEDULER  # the ModelScope scheduler config as a script writes it (no bookkeeping keys)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(models_one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def _finite(a: torch.Tensor, b: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,11 +24,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn'
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(models_one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ 1. custom timesteps and sigmas
