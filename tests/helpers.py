@@ -31,6 +31,12 @@ def load_bench(name: str):
     return module
 
 
+def unet_state(folder) -> dict:
+    """The state dict of ``folder``'s UNet as our loader reads it (to compare trained and saved weights)."""
+    from videofusion.models import UNet3DConditionModel
+    return UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet").state_dict()
+
+
 # smaller still, for the seed examples: they run fp16 on the CPU (slow kernels), 64 frames, 50 steps
 MICRO_UNET = dict(TINY_UNET, block_out_channels=(8, 8), norm_num_groups=4, attention_head_dim=2, sample_size=4)
 MICRO_VAE = dict(TINY_VAE, block_out_channels=(8, 8))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import unet_state
 import torch
 
 from videofusion.training.distill import DistillConfig, consistency_loss, distill, make_student, solver_grid
@@ -24,10 +25,6 @@ def config(tiny_pipeline_dir, out, **kw) -> DistillConfig:
                 guidance_scale=[2.0, 8.0], skip_steps=100, ema_decay=0.9, noise_ratio=0.5)
     return DistillConfig(**{**base, **kw})
 
-
-def unet_state(folder) -> dict:
-    from videofusion.models import UNet3DConditionModel
-    return UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet").state_dict()
 
 
 def test_distill_writes_an_lcm_student_that_samples_in_few_steps(tiny_pipeline_dir, tmp_path):

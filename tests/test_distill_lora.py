@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import unet_state
 import torch
 from safetensors import safe_open
 
@@ -31,14 +32,10 @@ def factors(path) -> tuple[dict, dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-def folder_unet(folder) -> dict:
-    from videofusion.models import UNet3DConditionModel
-    return UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet").state_dict()
-
 
 def test_a_lora_student_saves_adapters_only_and_samples_in_four_steps(tiny_pipeline_dir, tmp_path):
     from videofusion import LCMScheduler, TextToVideoSDPipeline
-    before = folder_unet(tiny_pipeline_dir)
+    before = unet_state(tiny_pipeline_dir)
     out = tmp_path / "d"
     summary = distill(config(tiny_pipeline_dir, out), progress=False)
     assert summary["output"] == str(out / LORA_FILE) and np.isfinite(summary["final_loss_avg50"])
@@ -53,7 +50,7 @@ def test_a_lora_student_saves_adapters_only_and_samples_in_four_steps(tiny_pipel
     layers = {k.split(".lora_")[0] for k in weights}
     assert all(layer.endswith(LORA_TARGETS) for layer in layers) and any(k.endswith("to_out.0") for k in layers)
     assert all(weights[k].abs().max() > 0 for k in weights if "lora_B" in k)  # trained from zero
-    after = folder_unet(tiny_pipeline_dir)
+    after = unet_state(tiny_pipeline_dir)
     assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher's folder is untouched
 
     pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import unet_state
 import torch
 
 from videofusion.noise import initial_latents
@@ -15,10 +16,6 @@ def config(tiny_pipeline_dir, out, **kw):
                 ema_decay=0.9, checkpoint_every=2, noise_ratio=0.5, seed=3)
     return TrainConfig(**{**base, **kw})
 
-
-def unet_state(folder):
-    from videofusion.models import UNet3DConditionModel
-    return UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet").state_dict()
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_pipeline_dir, tmp_path):
