@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import unet_state
 import torch
+from helpers import unet_state
 
 from videofusion.training.distill import DistillConfig, consistency_loss, distill, make_student, solver_grid
 

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import unet_state
 import torch
+from helpers import unet_state
 from safetensors import safe_open
 
 from videofusion.training.distill import DistillConfig, distill

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import unet_state
 import torch
+from helpers import unet_state
 
 from videofusion.noise import initial_latents
 from videofusion.training.train import TrainConfig, sample_timesteps, save_loss_curve, train
