@@ -36,9 +36,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from videofusion.demo import DEMO_DEFAULTS, DEMO_MODEL_PATH  # noqa: E402
+from videofusion.demo import DEMO_DEFAULTS, DEMO_FAST_MODEL_PATH, DEMO_MODEL_PATH  # noqa: E402
 
-STUDENT = DEMO_MODEL_PATH.parent / "model-4step"
+STUDENT = DEMO_FAST_MODEL_PATH
 
 
 def build_parser() -> argparse.ArgumentParser:
