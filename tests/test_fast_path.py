@@ -6,7 +6,7 @@ import torch
 
 from helpers import TINY_UNET
 from videofusion import TextToVideoSDPipeline, UNet3DConditionModel
-from videofusion.models.layers import Attention, set_fused_projections
+from videofusion.models.attention import Attention, set_fused_projections
 from videofusion.runtime.fast import FastPath, compile_cache_dir, set_conv_layout
 
 

@@ -2,7 +2,6 @@
 
 The commands start together (a few at a time) in the module fixture; each test then reads its own
 command's exit code and output."""
-import json
 import os
 import socket
 import subprocess

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from videofusion.demo.evaluation import analyse_clip, classify_colour, parse_prompt, score_clip
 from videofusion.demo.shapes import (

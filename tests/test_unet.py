@@ -199,7 +199,7 @@ def test_attention_slicing_is_exact(slice_size):
 
 def test_attention_slice_list_and_errors():
     ours, _ = pair("two_blocks")
-    from videofusion.models.layers import Attention
+    from videofusion.models.attention import Attention
     layers = [m for m in ours.modules() if isinstance(m, Attention)]
     ours.set_attention_slice([1] * len(layers))
     assert all(m.slice_size == 1 for m in layers)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import SettingError
 from ..io.hub import resolve_pretrained
-from ..models.layers import projections_fused
+from ..models.attention import projections_fused
 from .formats import COMPONENTS, Lora, parse_state_dict, read_lora
 from .keyless import KeylessLora, keyless_pairs
 from .lora import Adapters, LoraPair, target_layers, trainable_updates

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..outputs import Output
 from .config import ModelConfig, PretrainedModel
+from .attention import set_attention_slice, set_fused_projections
 from .chunking import map_rows
 from .layers import (
     Downsample2D,
@@ -37,9 +38,7 @@ from .layers import (
     config_error,
     fourier_filter,
     positive_int,
-    set_attention_slice,
     set_forward_chunking,
-    set_fused_projections,
     timestep_embedding,
 )
 
@@ -325,7 +324,7 @@ class UNet3DConditionModel(PretrainedModel):
 
     def fuse_qkv_projections(self) -> None:
         """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same
-        outputs up to rounding, inference only (see :meth:`~videofusion.models.layers.Attention.fuse_projections`)."""
+        outputs up to rounding, inference only (see :meth:`~videofusion.models.attention.Attention.fuse_projections`)."""
         set_fused_projections(self, True)
 
     def unfuse_qkv_projections(self) -> None:

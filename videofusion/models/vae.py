@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 from ..noise import randn
 from ..outputs import Output
 from .config import ModelConfig, PretrainedModel
-from .layers import (Attention, Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation, config_error,
-                     positive_int, set_fused_projections)
+from .attention import Attention, set_fused_projections
+from .layers import Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation, config_error, positive_int
 
 EPS = 1e-6  # GroupNorm eps everywhere in the VAE
 
