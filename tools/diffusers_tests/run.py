@@ -33,6 +33,15 @@ FILES = SCHEDULER_FILES + MODEL_FILES + [PIPELINE_FILE]
 PIPELINE_TEST_COMMIT = "15d50f16f2320b669c77eae2034b6612c22bd2ef"
 PIPELINE_TEST_FILES = ["tests/pipelines/text_to_video_synthesis/__init__.py", PIPELINE_FILE]
 
+# diffusers' source files behind the tested classes (under src/diffusers): the tree stands in for the installed
+# release when these are the same (PyPI's sdist ships no tests, so a tree at the release tag is not always at hand)
+SOURCES = [f"schedulers/scheduling_{n}.py" for n in (
+    "ddim", "ddpm", "deis_multistep", "dpmsolver_multistep", "dpmsolver_singlestep", "euler_discrete",
+    "euler_ancestral_discrete", "heun_discrete", "lms_discrete", "pndm", "unipc_multistep")] + [
+    "models/unets/unet_3d_condition.py", "models/unets/unet_3d_blocks.py", "models/autoencoders/autoencoder_kl.py",
+    "models/autoencoders/vae.py", "models/attention_processor.py",
+    "pipelines/deprecated/text_to_video_synthesis/pipeline_text_to_video_synth.py"]
+
 # Tests deselected with -k. Only tests that need a network or a GPU and do not skip themselves on a
 # CPU-only machine belong here; everything else runs (tests that need a GPU skip themselves on the CPU).
 K_EXCLUDE = {
@@ -115,6 +124,7 @@ def main(argv=None) -> int:
     if installed and _tree_version(tree) not in ("?", installed):
         print("note: the tree's version differs from the installed diffusers; its test files may expect "
               "another diffusers (clone the tag that matches the installed version)")
+    print(_compare_sources(tree, args.python))
     print(f"pipeline test: {restored}")
     print(f"python: {args.python}")
     print(f"Hub reachable: {'yes' if online else 'no (HF_HUB_OFFLINE=1, stand-in tokenizer)'}")
@@ -241,6 +251,32 @@ def _tree_version(tree: str) -> str:
     except OSError:
         pass
     return "?"
+
+
+def _compare_sources(tree: str, python: str) -> str:
+    """A line saying which of :data:`SOURCES` in ``tree`` are byte for byte the installed diffusers' files,
+    and how many lines differ in the others."""
+    import difflib
+    r = subprocess.run([python, "-c", "import diffusers, os; print(os.path.dirname(diffusers.__file__))"],
+                       capture_output=True, text=True)
+    installed = r.stdout.strip()
+    if r.returncode != 0 or not installed:
+        return "sources: the installed diffusers could not be found"
+    differ = []
+    for rel in SOURCES:
+        paths = (os.path.join(tree, "src", "diffusers", rel), os.path.join(installed, rel))
+        try:
+            texts = [open(p, encoding="utf-8").read().splitlines() for p in paths]
+        except OSError:
+            differ.append(f"{rel} (missing)")
+            continue
+        if texts[0] != texts[1]:
+            changed = sum(1 for line in difflib.unified_diff(*texts, lineterm="", n=0)
+                          if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+            differ.append(f"{rel} ({changed} lines)")
+    same = len(SOURCES) - len(differ)
+    return (f"sources of the tested classes: {same} of {len(SOURCES)} files identical to the installed diffusers"
+            + (f"; differ: {', '.join(differ)}" if differ else ""))
 
 
 def _hub_reachable() -> bool:

@@ -24,7 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..outputs import Output
 from .config import ModelConfig, PretrainedModel
-from .attention import set_attention_slice, set_fused_projections
+from .attention import (SDPA_PROCESSOR, attn_processors, processor_kwargs, set_attention_slice, set_attn_processor,
+                        set_fused_projections)
 from .chunking import map_rows
 from .layers import (
     Downsample2D,
@@ -322,6 +323,20 @@ class UNet3DConditionModel(PretrainedModel):
         for block in self.up_blocks:
             block.s1 = block.s2 = block.b1 = block.b2 = None
 
+    @property
+    def attn_processors(self) -> dict:
+        """The processor of every attention layer, keyed ``"<layer name>.processor"`` as in diffusers."""
+        return attn_processors(self)
+
+    def set_attn_processor(self, processor) -> None:
+        """One processor for every attention layer, or a dict keyed as :attr:`attn_processors`; a processor
+        written for diffusers' ``Attention`` runs unchanged (see :mod:`videofusion.models.attention`)."""
+        set_attn_processor(self, processor)
+
+    def set_default_attn_processor(self) -> None:
+        """Every layer back on the built-in attention (PyTorch's fused SDPA)."""
+        set_attn_processor(self, SDPA_PROCESSOR)
+
     def fuse_qkv_projections(self) -> None:
         """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same
         outputs up to rounding, inference only (see :meth:`~videofusion.models.attention.Attention.fuse_projections`)."""
@@ -383,14 +398,13 @@ class UNet3DConditionModel(PretrainedModel):
         encoder_hidden_states: (batch, seq, cross_attention_dim) text embeddings.
         timestep_cond: (batch, time_cond_proj_dim), only when the config sets time_cond_proj_dim (shared
             by the frames of a video when the timesteps are per frame).
-        cross_attention_kwargs: None or empty (kept for diffusers call compatibility).
+        cross_attention_kwargs: keyword arguments for the attention processors set with
+            :meth:`set_attn_processor` (every layer gets them); None or empty with the built-in attention.
         Returns ``UNet3DConditionOutput(sample)`` or ``(sample,)`` with sample
         (batch, out_channels, num_frames, height, width).
         """
         cfg = self.config
-        if cross_attention_kwargs:
-            raise ValueError(f"cross_attention_kwargs: only None or {{}} is supported, got keys "
-                             f"{sorted(cross_attention_kwargs)}")
+
         def shape(t):
             return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
 
@@ -405,42 +419,43 @@ class UNet3DConditionModel(PretrainedModel):
         if timestep_cond is not None and cfg.time_cond_proj_dim is None:
             raise ValueError("timestep_cond: only accepted when the config sets time_cond_proj_dim")
 
-        # 1. time: sinusoids (float32) -> MLP in the model's dtype, one row per frame
-        steps = self._timesteps(timestep, b, num_frames, sample.device)  # (b,) or (b*f,) per frame
-        per_frame = steps.shape[0] != b
-        if per_frame and timestep_cond is not None:
-            timestep_cond = timestep_cond.repeat_interleave(num_frames, dim=0)  # (b*f, time_cond_proj_dim)
-        t = timestep_embedding(steps, cfg.block_out_channels[0])
-        emb = self.time_embedding(t.to(self.time_embedding.linear_1.weight.dtype), timestep_cond)
-        if not per_frame:
-            emb = emb.repeat_interleave(num_frames, dim=0)  # (b*f, temb)
-        context = encoder_hidden_states.repeat_interleave(num_frames, dim=0)  # (b*f, seq, d)
+        with processor_kwargs(self, cross_attention_kwargs):  # checked before any layer runs
+            # 1. time: sinusoids (float32) -> MLP in the model's dtype, one row per frame
+            steps = self._timesteps(timestep, b, num_frames, sample.device)  # (b,) or (b*f,) per frame
+            per_frame = steps.shape[0] != b
+            if per_frame and timestep_cond is not None:
+                timestep_cond = timestep_cond.repeat_interleave(num_frames, dim=0)  # (b*f, time_cond_proj_dim)
+            t = timestep_embedding(steps, cfg.block_out_channels[0])
+            emb = self.time_embedding(t.to(self.time_embedding.linear_1.weight.dtype), timestep_cond)
+            if not per_frame:
+                emb = emb.repeat_interleave(num_frames, dim=0)  # (b*f, temb)
+            context = encoder_hidden_states.repeat_interleave(num_frames, dim=0)  # (b*f, seq, d)
 
-        # 2. frames into the batch
-        x = sample.permute(0, 2, 1, 3, 4).reshape(b * num_frames, -1, h, w)  # (b*f, c, h, w)
-        x = map_rows(self.conv_in, self.frames_per_chunk, x)
-        x = self._run(self.transformer_in, x, num_frames)
+            # 2. frames into the batch
+            x = sample.permute(0, 2, 1, 3, 4).reshape(b * num_frames, -1, h, w)  # (b*f, c, h, w)
+            x = map_rows(self.conv_in, self.frames_per_chunk, x)
+            x = self._run(self.transformer_in, x, num_frames)
 
-        # 3. down: keep every intermediate for the skip connections
-        skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = self._run(block, x, emb, context, num_frames)
-            skips += block_skips
+            # 3. down: keep every intermediate for the skip connections
+            skips = [x]
+            for block in self.down_blocks:
+                x, block_skips = self._run(block, x, emb, context, num_frames)
+                skips += block_skips
 
-        # 4. mid
-        x = self._run(self.mid_block, x, emb, context, num_frames)
+            # 4. mid
+            x = self._run(self.mid_block, x, emb, context, num_frames)
 
-        # 5. up: each block takes as many skips as it has resnets; non-multiple sizes upsample to the skip size
-        factor = 2 ** (len(self.up_blocks) - 1)
-        force_size = h % factor != 0 or w % factor != 0
-        for i, block in enumerate(self.up_blocks):
-            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            size = tuple(skips[-1].shape[2:]) if force_size and i < len(self.up_blocks) - 1 else None
-            x = self._run(block, x, block_skips, emb, context, num_frames, size)
+            # 5. up: each block takes as many skips as it has resnets; non-multiple sizes upsample to the skip size
+            factor = 2 ** (len(self.up_blocks) - 1)
+            force_size = h % factor != 0 or w % factor != 0
+            for i, block in enumerate(self.up_blocks):
+                block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+                size = tuple(skips[-1].shape[2:]) if force_size and i < len(self.up_blocks) - 1 else None
+                x = self._run(block, x, block_skips, emb, context, num_frames, size)
 
-        # 6. out, frames back out of the batch
-        # (not chunked: by now every skip is consumed, so its temporaries are not the peak, and streamed
-        # offload could not predict two blocks alternating chunk by chunk)
-        x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
-        x = x.reshape(b, num_frames, -1, *x.shape[2:]).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
+            # 6. out, frames back out of the batch
+            # (not chunked: by now every skip is consumed, so its temporaries are not the peak, and streamed
+            # offload could not predict two blocks alternating chunk by chunk)
+            x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+            x = x.reshape(b, num_frames, -1, *x.shape[2:]).permute(0, 2, 1, 3, 4)  # (b, c, f, h, w)
         return UNet3DConditionOutput(sample=x) if return_dict else (x,)

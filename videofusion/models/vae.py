@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from ..noise import randn
 from ..outputs import Output
 from .config import ModelConfig, PretrainedModel
-from .attention import Attention, set_fused_projections
+from .attention import SDPA_PROCESSOR, Attention, attn_processors, set_attn_processor, set_fused_projections
 from .layers import Downsample2D, ResnetBlock2D, Upsample2D, check_norm_and_activation, config_error, positive_int
 
 EPS = 1e-6  # GroupNorm eps everywhere in the VAE
@@ -309,6 +309,19 @@ class AutoencoderKL(PretrainedModel):
 
     def disable_slicing(self) -> None:
         self.use_slicing = False
+
+    @property
+    def attn_processors(self) -> dict:
+        """The processor of the mid-block attention layers, keyed ``"<layer name>.processor"`` as in diffusers."""
+        return attn_processors(self)
+
+    def set_attn_processor(self, processor) -> None:
+        """One processor for every attention layer, or a dict keyed as :attr:`attn_processors` (diffusers')."""
+        set_attn_processor(self, processor)
+
+    def set_default_attn_processor(self) -> None:
+        """Every layer back on the built-in attention (PyTorch's fused SDPA)."""
+        set_attn_processor(self, SDPA_PROCESSOR)
 
     def fuse_qkv_projections(self) -> None:
         """One matrix multiply for q, k, v of the mid-block attention (same outputs up to rounding)."""
