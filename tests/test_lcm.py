@@ -231,3 +231,39 @@ def test_guidance_distilled_video_to_video_runs_one_call_per_step(distilled_dir)
                   generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 4, 16, 16, 3) and np.isfinite(frames).all()
     assert batches and set(batches) == {1}
+
+
+def test_mcm_peft_lora_with_lcm_scheduler_matches_diffusers(tiny_pipeline_dir, tmp_path):
+    """MCM's ModelScope recipe end to end: a PEFT adapter folder over the UNet's linear and convolution layers
+    (``PeftModel.save_pretrained``, as MCM ships its LoRAs), LCMScheduler read from the model's DDIM config with
+    ``timestep_scaling=4.0``, 4 steps at guidance 1. diffusers with peft (merge_and_unload) is the oracle."""
+    import numpy as np
+    from diffusers import LCMScheduler as RefLCM, TextToVideoSDPipeline as RefT2V
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from lora_oracle import UNET_TARGETS, diffusers_unet
+    torch.manual_seed(5)
+    adapter = get_peft_model(diffusers_unet(tiny_pipeline_dir),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=UNET_TARGETS, init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "modelscopet2v-laion")  # adapter_config.json + adapter_model.safetensors
+    call = dict(num_frames=4, height=16, width=16, guidance_scale=1.0, num_inference_steps=4, output_type="np")
+
+    ref = RefT2V.from_pretrained(tiny_pipeline_dir)
+    ref.scheduler = RefLCM.from_pretrained(tiny_pipeline_dir, subfolder="scheduler", timestep_scaling=4.0)
+    ref.unet = PeftModel.from_pretrained(ref.unet, tmp_path / "modelscopet2v-laion").merge_and_unload()
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref("a red circle", generator=torch.Generator().manual_seed(2), **call).frames
+
+    pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.scheduler = LCMScheduler.from_pretrained(tiny_pipeline_dir, subfolder="scheduler", timestep_scaling=4.0)
+    pipe.load_lora_weights(tmp_path / "modelscopet2v-laion")
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    ours = pipe("a red circle", generator=torch.Generator().manual_seed(2), **call).frames
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    assert calls == [1] * 4  # guidance 1: one UNet call per step
+    plain = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    plain.scheduler = pipe.scheduler
+    plain.set_progress_bar_config(disable=True)
+    assert np.abs(plain("a red circle", generator=torch.Generator().manual_seed(2), **call).frames - ours).max() > 1e-3
