@@ -402,30 +402,3 @@ def test_every_shipped_training_config_parses():
         assert config.steps >= 1 and config.output_dir, path.name
     stage2 = TrainConfig.from_file(folder / "demo-broadcast.toml")
     assert stage2.unet_from == "out/demo-standard/model" and not stage2.train_text_encoder
-
-
-def test_fit_latents_decodes_closer_to_the_clip_and_is_per_clip():
-    """Decoder inversion (latent_fit_steps): the fitted latents decode nearer the clips than the posterior mean,
-    and a clip's latent does not depend on the other clips of the batch."""
-    from helpers import TINY_VAE
-    from videofusion.models import AutoencoderKL
-    from videofusion.training.train import encode_clips, fit_latents
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**TINY_VAE).eval().requires_grad_(False)
-    clips = torch.rand(2, 3, 2, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # (b, 3, f, h, w)
-    mean = encode_clips(vae, clips)
-
-    def error(z):  # squared decoding error per clip
-        frames = z.permute(0, 2, 1, 3, 4).flatten(0, 1) / vae.config.scaling_factor  # (b*f, 4, h/2, w/2)
-        with torch.no_grad():
-            out = vae.decode(frames).sample.unflatten(0, (2, 2)).permute(0, 2, 1, 3, 4)
-        return (out - clips).pow(2).mean(dim=(1, 2, 3, 4))
-
-    fitted = fit_latents(vae, clips, mean, steps=10)
-    assert fitted.shape == mean.shape
-    assert (error(fitted) < 0.9 * error(mean)).all()
-    alone = fit_latents(vae, clips[:1], mean[:1], steps=10)
-    torch.testing.assert_close(alone, fitted[:1], atol=1e-5, rtol=0)
-    for bad, message in (({"latent_fit_steps": 5}, "needs cache_latents"), ({"latent_fit_steps": -1}, ">= 0")):
-        with pytest.raises(ValueError, match=f"latent_fit_steps: .*{message}"):
-            TrainConfig(model="m", output_dir="o", data="d", **bad)

@@ -79,8 +79,6 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None   # e.g. 0.999; the saved model then holds the EMA weights
     cache_latents: bool = False      # encode each clip once (frozen VAE, posterior mean)
-    latent_fit_steps: int = 0        # with cache_latents: refine each clip's latent this many Adam steps so that
-    #   the frozen decoder reproduces the clip (fit_latents); for colours the VAE decodes poorly (0: the mean)
     checkpoint_every: int = 500      # steps between checkpoints (one at the end too)
     seed: int = 0
     device: str = "auto"
@@ -108,10 +106,6 @@ class TrainConfig:
             raise ValueError(f"temporal_weight: must be > 0, got {self.temporal_weight}")
         if not self.timestep_power > 0:
             raise ValueError(f"timestep_power: must be > 0, got {self.timestep_power}")
-        if not (isinstance(self.latent_fit_steps, int) and self.latent_fit_steps >= 0):
-            raise ValueError(f"latent_fit_steps: must be an integer >= 0, got {self.latent_fit_steps!r}")
-        if self.latent_fit_steps and not self.cache_latents:
-            raise ValueError("latent_fit_steps: needs cache_latents = true (each clip's latent is fitted once)")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
         if self.lora_rank is not None and not is_count(self.lora_rank):
@@ -186,27 +180,6 @@ def encode_clips(vae, clips: torch.Tensor) -> torch.Tensor:
     return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
 
 
-def fit_latents(vae, clips: torch.Tensor, latents: torch.Tensor, steps: int, lr: float = 0.1) -> torch.Tensor:
-    """Decoder inversion: latents ``(b, 4, f, h/8, w/8)`` (scaled, as :func:`encode_clips` gives) refined by
-    ``steps`` Adam steps (learning rate ``lr``) on the squared error between the frozen decoder's frames and
-    ``clips`` ``(b, 3, f, h, w)``. The posterior mean can decode to another colour than the clip's when the VAE
-    never saw that colour (the demo VAE turns orange towards yellow); the fitted latent decodes to the clip.
-    Each frame's error is its own term, so a clip's result does not depend on the others in the batch."""
-    b, c, f, h, w = clips.shape
-    frames = clips.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (b*f, 3, h, w)
-    scale = vae.config.scaling_factor
-    z = (latents.permute(0, 2, 1, 3, 4).reshape(b * f, *latents.shape[1:2], *latents.shape[-2:]) / scale)
-    z = z.detach().clone().requires_grad_(True)  # (b*f, 4, h/8, w/8)
-    optimiser = torch.optim.Adam([z], lr=lr)
-    for _ in range(steps):
-        error = (vae.decode(z).sample - frames).pow(2).mean(dim=(1, 2, 3)).sum()
-        optimiser.zero_grad(set_to_none=True)
-        error.backward()
-        optimiser.step()
-    z = z.detach() * scale
-    return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (b, 4, f, h/8, w/8)
-
-
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, temporal_weight: float = 1.0,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of ``(b, c, f, h, w)`` predictions, with the error split over frames into its static part (the
@@ -265,18 +238,14 @@ class LatentBatches:
     """The clips of a data set as the UNet sees them: step ``k``'s batch drawn from its generator (clip indices,
     then caption dropout), encoded by the frozen VAE (:func:`encode_clips`), each clip once when ``cache``."""
 
-    def __init__(self, dataset, vae, device: torch.device, cache: bool = False, foreground: bool = False,
-                 fit_steps: int = 0):
+    def __init__(self, dataset, vae, device: torch.device, cache: bool = False, foreground: bool = False):
         from .data import captions_of
         self.dataset, self.vae, self.device, self.cache, self.foreground = dataset, vae, device, cache, foreground
-        self.fit_steps = fit_steps  # decoder-inversion steps per clip (fit_latents), cached clips only
         self.captions = captions_of(dataset)
         self._cached: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = encode_clips(self.vae, clips.to(self.device))  # (b, 4, f, h', w')
-        if self.fit_steps:
-            z = fit_latents(self.vae, clips.to(self.device), z, self.fit_steps)
         return z, (foreground_coverage(clips, z.shape[-2:]).to(self.device) if self.foreground else None)
 
     def latents(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -410,8 +379,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
             text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state)
     weighted = config.foreground_weight > 1.0
-    batches = LatentBatches(dataset, vae, device, config.cache_latents, foreground=weighted,
-                            fit_steps=config.latent_fit_steps)
+    batches = LatentBatches(dataset, vae, device, config.cache_latents, foreground=weighted)
 
     def state_fn() -> dict:
         state = {**opt.state_dict(), "config": dataclasses.asdict(config)}
