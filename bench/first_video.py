@@ -1,16 +1,17 @@
 """The command line's first video: process start to file written, with our CLIP text model and with transformers'.
 
-    python bench/first_video.py [--runs 5] [--warmup 1] [--variants videofusion transformers fast] [--importtime]
+    python bench/first_video.py [--runs 5] [--warmup 1] [--variants default demo transformers] [--importtime]
 
 Each run is a fresh process running the real command (the installed ``videofusion`` script beside this Python,
 else ``python -m videofusion.apps.main``)::
 
     videofusion generate "a red circle moving left" --seed 0 -o OUT.mp4 --overwrite -q
 
-``videofusion`` loads our CLIP text encoder and tokenizer (the default); ``transformers`` is the same command
-with ``VIDEOFUSION_CLIP=transformers`` in its environment, which loads transformers' classes (and pays for
-importing transformers); ``fast`` adds ``--fast``: the demo's 4-step distilled model. The variants take turns
-(A B C A B C ...) so a busy machine slows them alike, after
+``default`` is that command as a new user types it: the built-in default model (the demo's 4-step student)
+with our CLIP text encoder and tokenizer; ``demo`` adds ``--model demo``: the 25-step demo model;
+``transformers`` is ``demo`` with ``VIDEOFUSION_CLIP=transformers`` in its environment, which loads
+transformers' classes (and pays for importing transformers): the command as it was before both. The variants
+take turns (A B C A B C ...) so a busy machine slows them alike, after
 ``--warmup`` untimed runs of each. The table shows medians: ``wall`` (process start to exit, the file
 written), and from the command's own printed times ``load`` (the pipeline from its folder) and ``generate``
 (the denoising and decoding); ``rest`` is wall minus those two: interpreter start, imports, option checks and
@@ -36,8 +37,8 @@ from pathlib import Path
 
 PROMPT = "a red circle moving left"
 # variant -> (environment, more generate options)
-VARIANTS = {"videofusion": ({}, ()), "transformers": ({"VIDEOFUSION_CLIP": "transformers"}, ()),
-            "fast": ({}, ("--fast",))}
+VARIANTS = {"default": ({}, ()), "demo": ({}, ("--model", "demo")),
+            "transformers": ({"VIDEOFUSION_CLIP": "transformers"}, ("--model", "demo"))}
 HEAVY = ("transformers", "diffusers", "gradio", "ray")  # none of these belongs on the generate path
 _TIMES = re.compile(r"generated in ([\d.]+) s .*loaded in ([\d.]+) s")
 _IMPORT = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")

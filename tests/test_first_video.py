@@ -14,10 +14,10 @@ def bench():
 
 
 def test_table_medians_and_ratio(bench):
-    runs = [bench.Run("videofusion", w, 0.3, 1.7, w - 0.1) for w in (2.4, 2.6, 9.0)]
+    runs = [bench.Run("demo", w, 0.3, 1.7, w - 0.1) for w in (2.4, 2.6, 9.0)]
     runs += [bench.Run("transformers", w, 0.5, 1.7, w) for w in (4.9, 5.2, 5.0)]
     lines = bench.table(runs).splitlines()
-    assert lines[2] == "| videofusion | 3 | 2.60 | 2.50 | 0.3 | 1.7 | 0.60 | 1.00x |"
+    assert lines[2] == "| demo | 3 | 2.60 | 2.50 | 0.3 | 1.7 | 0.60 | 1.00x |"
     assert lines[3] == "| transformers | 3 | 5.00 | 5.00 | 0.5 | 1.7 | 2.80 | 1.92x |"
     text = "import time:       120 |        120 |   json\nimport time:   900000 |     950000 | torch\n" \
            "import time:    50000 |      50000 |     torch._C\n"
@@ -25,7 +25,7 @@ def test_table_medians_and_ratio(bench):
 
 
 def test_one_run_writes_a_video_without_heavy_imports(bench, tmp_path):
-    run = bench.run_once("videofusion", tmp_path / "out.mp4", extra=["--steps", "2"], importtime=True)  # quicker
+    run = bench.run_once("demo", tmp_path / "out.mp4", extra=["--steps", "2"], importtime=True)  # quicker
     assert bench.check_video(tmp_path / "out.mp4") == (16, 64, 64)
     assert run.wall_s > run.load_s + run.gen_s > 0 and run.cpu_s > 0 and run.imports["torch"] > 0
     assert not set(bench.HEAVY) & set(run.imports), sorted(run.imports)
@@ -37,21 +37,26 @@ def test_one_run_writes_a_video_without_heavy_imports(bench, tmp_path):
         bench.check_video(tmp_path / "bad.mp4")
 
 
-def test_fast_runs_the_4_step_model_and_refuses_a_model_beside_it(bench, tmp_path):
+def test_the_default_is_the_4_step_model_and_builtin_names_resolve(bench, tmp_path, monkeypatch):
     import subprocess
 
     import numpy as np
 
     from videofusion import load_video
-    from videofusion.demo import DEMO_FAST_MODEL_PATH
+    from videofusion.apps.common import CLIError, resolve_model
+    from videofusion.demo import DEMO_FAST_MODEL_PATH, DEMO_MODEL_PATH
     from videofusion.demo.evaluation import score_clip
-    assert (DEMO_FAST_MODEL_PATH / "model_index.json").is_file()
-    run = bench.run_once("fast", tmp_path / "fast.mp4")
-    frames = np.stack([np.asarray(f) for f in load_video(str(tmp_path / "fast.mp4"))])
+    assert resolve_model(None) == resolve_model("demo-4step") == str(DEMO_FAST_MODEL_PATH)
+    assert resolve_model("demo") == str(DEMO_MODEL_PATH) and resolve_model("org/model") == "org/model"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert resolve_model("demo") == "demo"  # a local folder of that name wins
+    monkeypatch.setattr("videofusion.apps.common.BUILTIN_MODELS", {"demo-4step": tmp_path / "missing"})
+    with pytest.raises(CLIError, match="--model: the built-in 'demo-4step' is not installed"):
+        resolve_model(None)
+    run = bench.run_once("default", tmp_path / "default.mp4")
+    frames = np.stack([np.asarray(f) for f in load_video(str(tmp_path / "default.mp4"))])
     read = score_clip(frames, bench.PROMPT)["predicted"]
     assert (read["colour"], read["direction"]) == ("red", "left") and run.gen_s > 0
-    argv = bench.command(tmp_path / "x.mp4", ["--fast", "--model", "some/model"])
-    result = subprocess.run(argv, capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
-        "videofusion generate: error: --fast:"), result.stderr
-    assert not (tmp_path / "x.mp4").exists()
+    result = subprocess.run(bench.command(tmp_path / "x.mp4", ["--fast"]), capture_output=True, text=True)
+    assert result.returncode == 2 and "--fast" in result.stderr and not (tmp_path / "x.mp4").exists()

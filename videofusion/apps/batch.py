@@ -40,7 +40,8 @@ from ..settings import is_count, is_number
 from .batch_items import (PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_PIPELINE_DEFAULTS, VIDEO_TO_VIDEO_SETTINGS, Defaults, Item,
                           check_settings, read_items)
 from .batch_output import OutputFolder, item_spec, plan
-from .common import CLIError, add_runtime_arguments, model_defaults, model_folder, resolve_model, set_threads
+from .common import (MODEL_HELP, CLIError, add_runtime_arguments, model_defaults, model_folder, resolve_model,
+                     set_threads)
 from .reaper import start_watchdog, stop_watchdog
 
 RAY_LOG = "ray.log"  # what Ray itself prints during `videofusion batch`
@@ -387,8 +388,7 @@ def add_parser(sub) -> None:
                                    "Rerunning skips finished items. Needs Ray: pip install 'videofusion[distributed]'.")
     p.add_argument("prompts", help="a .jsonl file, one JSON object per line")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--model", default=None, help="pipeline folder or Hub id, readable on every worker "
-                   "(default: the built-in demo model)")
+    p.add_argument("--model", default=None, help=MODEL_HELP + "; readable on every worker")
     p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), metavar="NAME",
                    help="sampler: " + ", ".join(sorted(SCHEDULERS)) + " (default: the model's)")

@@ -97,7 +97,8 @@ def add_eval_demo(sub) -> None:
     p = sub.add_parser("eval-demo", help="score a moving-shapes model's prompt adherence from its pixels",
                        description="Generate 'a <colour> <shape> moving <direction>' videos for seen and "
                                    "held-out combinations and read colour, direction and shape back.")
-    p.add_argument("--model", default=None, help="pipeline folder (default: the built-in demo model)")
+    p.add_argument("--model", default="demo", help="pipeline folder or a built-in name (default: demo, the 25-step "
+                   "demo model the recipes start from; demo-4step its student)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per seen combination (default 2)")
     p.add_argument("--heldout-seeds", type=int, default=4, help="seeds per held-out combination (default 4)")
     p.add_argument("--max-combos", type=int, default=None, help="at most this many seen combinations")

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..demo import DEMO_DEFAULTS, DEMO_FAST_DEFAULTS, DEMO_FAST_MODEL_PATH, DEMO_MODEL_PATH
+from ..demo import (BUILTIN_MODELS, DEFAULT_BUILTIN, DEMO_DEFAULTS, DEMO_FAST_DEFAULTS, DEMO_FAST_MODEL_PATH,
+                    DEMO_MODEL_PATH)
 from ..errors import SettingError
 from ..long_video import FIFO, LongVideo
 from ..runtime.devices import DTYPES, default_threads
@@ -43,16 +44,20 @@ def cli_error(error: SettingError, flags: Mapping[str, str] = FLAGS) -> CLIError
 # ------------------------------------------------------------------------------------------- the model
 
 
-def resolve_model(model: str | None, fast: bool = False) -> str:
-    """The model a front end loads: ``model`` (a folder or Hub id), else the built-in demo model, or with
-    ``fast`` (``--fast``) its 4-step student."""
-    if fast and model:
-        raise CLIError(f"--fast: picks the built-in demo's 4-step model; leave out --model (got {model!r})")
-    path = DEMO_FAST_MODEL_PATH if fast else DEMO_MODEL_PATH
-    if model:
+MODEL_HELP = ("pipeline folder, Hub id, or a built-in: demo-4step (the default: the demo model distilled to 4 "
+              "steps) or demo (the 25-step demo model)")
+
+
+def resolve_model(model: str | None) -> str:
+    """The model a front end loads: ``model`` (a folder, a Hub id, or a built-in name of
+    :data:`~videofusion.demo.BUILTIN_MODELS`: ``demo-4step``, ``demo``), else the built-in default, the demo
+    model's 4-step student. A local folder of the same name wins over a built-in name."""
+    name = model or DEFAULT_BUILTIN
+    if name not in BUILTIN_MODELS or (model and os.path.exists(model)):
         return model
+    path = BUILTIN_MODELS[name]
     if not path.is_dir():
-        raise CLIError(f"--model: no built-in demo model is installed at {path}; pass a model folder or Hub id")
+        raise CLIError(f"--model: the built-in {name!r} is not installed at {path}; pass a model folder or Hub id")
     return str(path)
 
 

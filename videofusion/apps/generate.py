@@ -18,8 +18,8 @@ from ..io.video import DEFAULT_FPS, check_output, export_to_gif, export_to_video
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS
 from ..settings import GenerationSettings, check_prompt
-from .common import (CLIError, add_runtime_arguments, apply_loras, check_size, is_demo_model, long_video_arg, lora_arg,
-                     model_folder, read_loras, request_settings, resolve_model, set_threads, size_arg, slug)
+from .common import (MODEL_HELP, CLIError, add_runtime_arguments, apply_loras, check_size, is_demo_model,
+                     long_video_arg, lora_arg, model_folder, read_loras, request_settings, resolve_model, set_threads, size_arg, slug)
 
 
 def add_parser(sub) -> None:
@@ -27,9 +27,7 @@ def add_parser(sub) -> None:
                        description="Generate a video from a text prompt, or re-generate a video (--init-video), "
                                    "optionally refined by a second model (--refine-model), and write it as mp4 or gif.")
     p.add_argument("prompt", help="what the video shows")
-    p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
-    p.add_argument("--fast", action="store_true",
-                   help="the built-in demo's 4-step model (distilled from it; several times faster) instead of --model")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from")
     p.add_argument("--num-frames", type=int, default=None, help="frames (default: the model's, else 16)")
@@ -131,7 +129,7 @@ def plan_stages(args, prompt: str) -> list[Stage]:
         raise CLIError("--strength: only with --init-video (--refine-strength sets the refinement's)")
     if args.refine_model is None and (args.refine_size or args.refine_strength is not None):
         raise CLIError("--refine-size, --refine-strength: only with --refine-model")
-    model = resolve_model(args.model, fast=args.fast)
+    model = resolve_model(args.model)
     given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                  negative_prompt=args.negative_prompt, noise=args.noise, noise_ratio=args.noise_ratio,
                  long_video=args.long_video)

@@ -31,7 +31,7 @@ from ..io.video import DEFAULT_FPS
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS, make_scheduler
 from ..settings import GenerationSettings, SettingError, check_prompt
-from .common import (CLIError, add_runtime_arguments, check_size, is_demo_model, lora_arg, model_defaults,
+from .common import (MODEL_HELP, CLIError, add_runtime_arguments, check_size, is_demo_model, lora_arg, model_defaults,
                      model_folder, read_loras, request_settings, resolve_model, set_threads, slug)
 
 MAX_SEED = 2**32 - 1
@@ -346,7 +346,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("web", help="serve a web page that generates videos (needs the web extra)",
                        description="A Gradio page like the model's Space: prompt, settings, a video that plays "
                                    "in the page. Requests are queued and served one at a time.")
-    p.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the built-in demo model)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
