@@ -150,3 +150,28 @@ def test_module_processor_is_registered_then_replaced(unets):
     assert not any("processor" in name for name, _ in layer.named_parameters())
     layer.set_processor(SDPAAttnProcessor())
     assert layer.processor is None
+
+
+def test_pipeline_call_kwargs_reach_the_processors_for_the_call_only(tiny_pipeline_dir):
+    """The pipeline's cross_attention_kwargs: "scale" is the LoRA scale, the other keys go to the UNet's
+    processors for that call (diffusers passes them on); with the built-in they are refused before any step."""
+    import numpy as np
+
+    from videofusion import TextToVideoSDPipeline
+    pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_frames=2, height=16, width=16, num_inference_steps=2, output_type="np")
+    steps = []
+    pipe.unet.register_forward_hook(lambda *args: steps.append(1))
+    with pytest.raises(ValueError, match=r"cross_attention_kwargs: keys \['gain'\].*built-in"):
+        pipe("a red circle", cross_attention_kwargs={"gain": 0.5}, **call)
+    assert steps == []
+    builtin = pipe("a red circle", generator=torch.Generator().manual_seed(0), **call).frames
+    processor = ScaledProcessor()
+    pipe.unet.set_attn_processor(processor)
+    plain = pipe("a red circle", generator=torch.Generator().manual_seed(0), **call).frames
+    np.testing.assert_allclose(plain, builtin, atol=1e-4)
+    halved = pipe("a red circle", generator=torch.Generator().manual_seed(0),
+                  cross_attention_kwargs={"gain": 0.5, "scale": 1.0}, **call).frames
+    assert np.abs(halved - plain).max() > 1e-3
+    assert all(not layer.call_kwargs for layer in pipe.unet.modules() if hasattr(layer, "call_kwargs"))

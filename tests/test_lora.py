@@ -134,7 +134,7 @@ def test_delete_and_refusals(oracle, pipe):
         pipe.set_adapters(["nope"])
     with pytest.raises(SettingError, match="adapter_weights"):
         pipe.set_adapters(["style"], [1.0, 2.0])
-    with pytest.raises(SettingError, match="cross_attention_kwargs.*only 'scale'"):
+    with pytest.raises(ValueError, match=r"cross_attention_kwargs: keys \['temb'\] go to attention processors"):
         frames(pipe, cross_attention_kwargs={"temb": 1})
     with pytest.raises(SettingError, match=r"cross_attention_kwargs\['scale'\].*finite"):
         frames(pipe, cross_attention_kwargs={"scale": float("nan")})

@@ -219,27 +219,32 @@ def set_attn_processor(model: nn.Module, processor) -> None:
             layer.set_processor(processor)
 
 
-@contextmanager
-def processor_kwargs(model: nn.Module, kwargs: dict | None) -> Iterator[None]:
-    """Within the block, every attention layer of ``model`` passes ``kwargs`` (a call's
-    ``cross_attention_kwargs``) to its processor as keyword arguments. They are for processors set with
-    :func:`set_attn_processor`: a ValueError, before anything runs, if a layer runs the built-in."""
-    if not kwargs:
-        yield
-        return
+def set_processor_kwargs(model: nn.Module, kwargs: dict | None) -> None:
+    """Every attention layer of ``model`` passes ``kwargs`` (a call's ``cross_attention_kwargs``) to its
+    processor as keyword arguments until they are set again (``None`` or ``{}`` clears them). They are for
+    processors set with :func:`set_attn_processor`: a ValueError, before anything runs, if a layer runs the
+    built-in."""
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     builtin = sum(m.processor is None for m in layers)
-    if builtin:
+    if kwargs and builtin:
         raise ValueError(f"cross_attention_kwargs: keys {sorted(kwargs)} go to attention processors set with "
                          f"set_attn_processor, but {builtin} of the {len(layers)} layers run the built-in, "
                          f"which takes none")
     for m in layers:
-        m.call_kwargs = dict(kwargs)
+        m.call_kwargs = dict(kwargs or {})
+
+
+@contextmanager
+def processor_kwargs(model: nn.Module, kwargs: dict | None) -> Iterator[None]:
+    """:func:`set_processor_kwargs` for the block only (``None`` or ``{}``: the layers are left as they are)."""
+    if not kwargs:
+        yield
+        return
+    set_processor_kwargs(model, kwargs)
     try:
         yield
     finally:
-        for m in layers:
-            m.call_kwargs = {}
+        set_processor_kwargs(model, None)
 
 
 def set_fused_projections(model: nn.Module, fuse: bool = True) -> int:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..io.streaming import decoded_chunks, video_writers, write_videos
 from ..long_video import long_video_latents
+from ..models.attention import set_processor_kwargs
 from ..models.config import resolve_dtype
 from ..models.layers import OFFLOAD_UNITS
 from ..outputs import Output
@@ -440,7 +441,8 @@ class VideoPipeline:
             else:
                 video = self.postprocess(torch.cat(list(chunks), dim=2), output_type)
         self.placement.end_call()
-        self.lora.set_call_scale(1.0)  # a call's cross_attention_kwargs scale ends with it
+        self.lora.set_call_scale(1.0)  # a call's cross_attention_kwargs (LoRA scale, processors' keys) end with it
+        set_processor_kwargs(self.unet, None)
         return TextToVideoSDPipelineOutput(frames=video, paths=paths) if return_dict else (video,)
 
     def video_writers(self, output_path, output_type: str, num_videos: int, fps: float):

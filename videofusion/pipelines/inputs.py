@@ -8,21 +8,23 @@ import math
 import torch
 
 from ..errors import SettingError
+from ..models.attention import set_processor_kwargs
 from ..settings import GenerationSettings, is_count
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
-def lora_scale(cross_attention_kwargs) -> float:
-    """A call's LoRA scale from diffusers' ``cross_attention_kwargs={"scale": s}`` (default 1): every unfused
-    adapter at ``s`` times its weight, on the UNet and the text encoder. Other keys are refused."""
+def split_attention_kwargs(cross_attention_kwargs) -> tuple[float, dict]:
+    """diffusers' ``cross_attention_kwargs`` of a call: its ``"scale"``, the call's LoRA scale (default 1: every
+    unfused adapter at ``s`` times its weight, on the UNet and the text encoder), and the other keys, which go to
+    the UNet's attention processors (those set with ``unet.set_attn_processor``)."""
+    if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+        raise SettingError("cross_attention_kwargs", cross_attention_kwargs, "a dict or None")
     kwargs = dict(cross_attention_kwargs or {})
     scale = kwargs.pop("scale", 1.0)
-    if kwargs:
-        raise SettingError("cross_attention_kwargs", sorted(kwargs), "only 'scale' (the LoRA scale of the call)")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise SettingError("cross_attention_kwargs['scale']", scale, "a finite number (the LoRA scale)")
-    return float(scale)
+    return float(scale), kwargs
 
 
 def check_call(pipe, settings: GenerationSettings, prompt, negative_prompt, generator, latents, prompt_embeds,
@@ -39,7 +41,9 @@ def check_call(pipe, settings: GenerationSettings, prompt, negative_prompt, gene
         raise ValueError(f"output_type: {output_type!r} is not one of {list(OUTPUT_TYPES)}")
     if not is_count(callback_steps):
         raise ValueError(f"callback_steps: must be a positive integer, got {callback_steps!r}")
-    pipe.lora.set_call_scale(lora_scale(cross_attention_kwargs))
+    scale, processor_kwargs = split_attention_kwargs(cross_attention_kwargs)
+    set_processor_kwargs(pipe.unet, processor_kwargs)  # a ValueError if no processor would take them
+    pipe.lora.set_call_scale(scale)
     pipe.lora.check_unfused_reach()
     batch = _prompt_batch(prompt, prompt_embeds)
     _check_negative(negative_prompt, negative_prompt_embeds, prompt_embeds, batch)

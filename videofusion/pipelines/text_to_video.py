@@ -60,8 +60,9 @@ class TextToVideoSDPipeline(VideoPipeline):
             output_type: ``"np"`` (default), ``"pt"``, ``"pil"`` or ``"latent"``.
             return_dict: return a :class:`TextToVideoSDPipelineOutput` (default) or a 1-tuple.
             callback, callback_steps: ``callback(step, timestep, latents)`` every ``callback_steps`` steps.
-            cross_attention_kwargs: ``{"scale": s}``, the LoRA scale of this call (unfused adapters at ``s``
-                times their weights; default 1); nothing else.
+            cross_attention_kwargs: ``"scale"``, the LoRA scale of this call (unfused adapters at ``s`` times
+                their weights; default 1); other keys go to the UNet's attention processors for this call (those
+                set with ``pipe.unet.set_attn_processor``).
             clip_skip: use the CLIP hidden state this many layers before the last.
             num_videos_per_prompt: videos per prompt (default 1).
             noise, noise_ratio: ``"independent"`` (default) or VideoFusion's ``"decomposed"`` initial noise
