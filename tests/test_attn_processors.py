@@ -21,22 +21,23 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def unets():
+def twins(ref_class, our_class, config: dict):
+    """diffusers' model with random weights and ours with the same weights."""
     torch.manual_seed(0)
-    ref = perturbed(diffusers.UNet3DConditionModel(**TINY_UNET))
-    ours = UNet3DConditionModel(TINY_UNET).eval()
+    ref = perturbed(ref_class(**config))
+    ours = our_class(config).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours, ref
+
+
+@pytest.fixture(scope="module")
+def unets():
+    return twins(diffusers.UNet3DConditionModel, UNet3DConditionModel, TINY_UNET)
 
 
 @pytest.fixture(scope="module")
 def vaes():
-    torch.manual_seed(0)
-    ref = perturbed(diffusers.AutoencoderKL(**TINY_VAE))
-    ours = AutoencoderKL(TINY_VAE).eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ours, ref
+    return twins(diffusers.AutoencoderKL, AutoencoderKL, TINY_VAE)
 
 
 def unet_inputs():
