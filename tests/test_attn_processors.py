@@ -158,7 +158,7 @@ def test_pipeline_call_kwargs_reach_the_processors_for_the_call_only(tiny_pipeli
     processors for that call (diffusers passes them on); with the built-in they are refused before any step."""
     import numpy as np
 
-    from videofusion import TextToVideoSDPipeline
+    from videofusion import FIFO, TextToVideoSDPipeline
     pipe = TextToVideoSDPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     call = dict(num_frames=2, height=16, width=16, num_inference_steps=2, output_type="np")
@@ -175,4 +175,8 @@ def test_pipeline_call_kwargs_reach_the_processors_for_the_call_only(tiny_pipeli
     halved = pipe("a red circle", generator=torch.Generator().manual_seed(0),
                   cross_attention_kwargs={"gain": 0.5, "scale": 1.0}, **call).frames
     assert np.abs(halved - plain).max() > 1e-3
+    assert all(not layer.call_kwargs for layer in pipe.unet.modules() if hasattr(layer, "call_kwargs"))
+    fifo = pipe("a red circle", generator=torch.Generator().manual_seed(0), long_video=FIFO(window=2),
+                cross_attention_kwargs={"gain": 0.5}, **dict(call, num_frames=4))
+    assert np.isfinite(fifo.frames).all()  # FIFO's own decoding loop ends the call's kwargs too
     assert all(not layer.call_kwargs for layer in pipe.unet.modules() if hasattr(layer, "call_kwargs"))

@@ -19,7 +19,8 @@ from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS
 from ..settings import GenerationSettings, check_prompt
 from .common import (MODEL_HELP, CLIError, add_runtime_arguments, apply_loras, check_size, is_demo_model,
-                     long_video_arg, lora_arg, model_folder, read_loras, request_settings, resolve_model, set_threads, size_arg, slug)
+                     long_video_arg, lora_arg, model_folder, read_loras, request_settings, resolve_model, set_threads,
+                     size_arg, slug)
 
 
 def add_parser(sub) -> None:

@@ -31,8 +31,8 @@ from ..io.video import DEFAULT_FPS
 from ..runtime.devices import pick_device, pick_dtype
 from ..schedulers import SCHEDULERS, make_scheduler
 from ..settings import GenerationSettings, SettingError, check_prompt
-from .common import (MODEL_HELP, CLIError, add_runtime_arguments, check_size, is_demo_model, lora_arg, model_defaults,
-                     model_folder, read_loras, request_settings, resolve_model, set_threads, slug)
+from .common import (MODEL_HELP, CLIError, add_runtime_arguments, check_size, is_demo_model, lora_arg,
+                     model_defaults, model_folder, read_loras, request_settings, resolve_model, set_threads, slug)
 
 MAX_SEED = 2**32 - 1
 FPS_RANGE = (1, 60)

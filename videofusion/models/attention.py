@@ -37,10 +37,12 @@ class SDPAAttnProcessor:
     until another processor is set; ``attn_processors`` reports it for those layers. It takes no attention
     mask, ``temb`` or extra keyword arguments (the models never pass them)."""
 
-    def __call__(self, attn: "Attention", hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def __call__(self, attn: "Attention", hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         if attention_mask is not None or temb is not None or kwargs:
-            given = [k for k, v in (("attention_mask", attention_mask), ("temb", temb)) if v is not None] + sorted(kwargs)
+            passed = (("attention_mask", attention_mask), ("temb", temb))
+            given = [k for k, v in passed if v is not None] + sorted(kwargs)
             raise ValueError(f"SDPAAttnProcessor: takes no {given} (set another processor for them)")
         return attn.attend(hidden_states, encoder_hidden_states)
 
@@ -73,7 +75,7 @@ class Attention(nn.Module):
         self.register_buffer("fused_weight", None, persistent=False)
         self.register_buffer("fused_bias", None, persistent=False)
         self.processor = None  # None: the built-in (SDPA_PROCESSOR); see set_processor
-        self.call_kwargs: dict = {}  # a model call's cross_attention_kwargs for the processor (processor_kwargs)
+        self.call_kwargs: dict = {}  # a call's cross_attention_kwargs for the processor (set_processor_kwargs)
         # what diffusers' processors read from the layer: the VAE's image attention adds its input back
         self.scale = dim_head**-0.5
         self.residual_connection = norm_num_groups is not None

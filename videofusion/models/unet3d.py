@@ -338,8 +338,8 @@ class UNet3DConditionModel(PretrainedModel):
         set_attn_processor(self, SDPA_PROCESSOR)
 
     def fuse_qkv_projections(self) -> None:
-        """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same
-        outputs up to rounding, inference only (see :meth:`~videofusion.models.attention.Attention.fuse_projections`)."""
+        """One matrix multiply for q, k, v of every self-attention (k, v of cross-attention); same outputs up
+        to rounding, inference only (see :meth:`~videofusion.models.attention.Attention.fuse_projections`)."""
         set_fused_projections(self, True)
 
     def unfuse_qkv_projections(self) -> None:

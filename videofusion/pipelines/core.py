@@ -440,10 +440,15 @@ class VideoPipeline:
                 video, paths = None, write_videos((self.postprocess(c, "pt") for c in chunks), writers)
             else:
                 video = self.postprocess(torch.cat(list(chunks), dim=2), output_type)
-        self.placement.end_call()
-        self.lora.set_call_scale(1.0)  # a call's cross_attention_kwargs (LoRA scale, processors' keys) end with it
-        set_processor_kwargs(self.unet, None)
+        self.end_call()
         return TextToVideoSDPipelineOutput(frames=video, paths=paths) if return_dict else (video,)
+
+    def end_call(self) -> None:
+        """After a call's last model ran: model offload puts the last model back on the CPU, and the call's
+        cross_attention_kwargs (its LoRA scale, the processors' keys) end with it."""
+        self.placement.end_call()
+        self.lora.set_call_scale(1.0)
+        set_processor_kwargs(self.unet, None)
 
     def video_writers(self, output_path, output_type: str, num_videos: int, fps: float):
         """Checked writers for ``output_path`` (None: the call returns frames), before any model runs."""

@@ -194,5 +194,5 @@ def generate_fifo(pipe, fifo: FIFO, settings: GenerationSettings, context: torch
             paths = write_videos((pipe.postprocess(chunk, "pt") for chunk in decoded()), writers)
         else:
             video = pipe.postprocess(torch.cat(list(decoded()), dim=2), output_type)
-    pipe.placement.end_call()
+    pipe.end_call()
     return TextToVideoSDPipelineOutput(frames=video, paths=paths) if return_dict else (video,)

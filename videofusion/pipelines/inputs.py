@@ -42,8 +42,6 @@ def check_call(pipe, settings: GenerationSettings, prompt, negative_prompt, gene
     if not is_count(callback_steps):
         raise ValueError(f"callback_steps: must be a positive integer, got {callback_steps!r}")
     scale, processor_kwargs = split_attention_kwargs(cross_attention_kwargs)
-    set_processor_kwargs(pipe.unet, processor_kwargs)  # a ValueError if no processor would take them
-    pipe.lora.set_call_scale(scale)
     pipe.lora.check_unfused_reach()
     batch = _prompt_batch(prompt, prompt_embeds)
     _check_negative(negative_prompt, negative_prompt_embeds, prompt_embeds, batch)
@@ -58,6 +56,8 @@ def check_call(pipe, settings: GenerationSettings, prompt, negative_prompt, gene
             raise ValueError(f"latents: expected shape {expected} (batch, channels, num_frames, "
                              f"height/{pipe.vae_scale_factor}, width/{pipe.vae_scale_factor}), "
                              f"got {tuple(latents.shape)}")
+    set_processor_kwargs(pipe.unet, processor_kwargs)  # a ValueError if no processor would take them
+    pipe.lora.set_call_scale(scale)  # the call's state, set once everything is checked (pipe.end_call resets it)
     return total
 
 
