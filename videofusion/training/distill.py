@@ -36,7 +36,7 @@ from ..io.files import read_json
 from ..noise import initial_latents
 from ..runtime.devices import pick_device
 from ..settings import is_count, is_number
-from .lora import load_lora_state, lora_state
+from .lora import adapter_params, load_lora_state, lora_state
 from .optimiser import EMA, Optimiser
 from .train import (LORA_FILE, LORA_TARGETS, MIXED_PRECISION, LatentBatches, TrainingRun, embed_captions,
                     read_config_file, resolve_model, step_generator)
@@ -218,10 +218,6 @@ def use_adapter(unet, name: str | None) -> None:
     adapters.enabled = name is not None
     if name is not None:
         adapters.set_active([name], [1.0])
-
-
-def adapter_params(updates: dict) -> list[torch.nn.Parameter]:
-    return [p for update in updates.values() for p in (update.down, update.up)]
 
 
 def _per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,11 @@ def add_lora_adapters(pipe, config) -> dict[str, dict]:
     return adapters
 
 
+def adapter_params(updates: dict) -> list[torch.nn.Parameter]:
+    """The trainable factors of one component's adapters (layer -> update): each update's ``down`` and ``up``."""
+    return [p for update in updates.values() for p in (update.down, update.up)]
+
+
 def lora_state(adapters: dict[str, dict]) -> dict[str, torch.Tensor]:
     """The trained factors as a flat dict of tensors (``<component>.<layer>.down`` / ``.up``) for a checkpoint."""
     return {f"{c}.{layer}.{part}": getattr(u, part).detach().clone()

@@ -33,7 +33,7 @@ from ..io.saving import atomic_write, atomic_write_text
 from ..pipelines.folders import native_geometry
 from ..runtime.devices import pick_device
 from ..settings import GenerationSettings, is_count
-from .lora import TEXT_LORA_TARGETS, add_lora_adapters, load_lora_state, lora_state
+from .lora import TEXT_LORA_TARGETS, adapter_params, add_lora_adapters, load_lora_state, lora_state
 from .optimiser import Optimiser
 from .plot import loss_plot
 
@@ -362,7 +362,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         unet.enable_gradient_checkpointing()
     adapters = add_lora_adapters(pipe, config) if lora else {}  # component -> layer -> trainable update
     parameters = {"unet": list(unet.parameters()), "text_encoder": list(text_encoder.parameters())} if not lora \
-        else {c: [p for u in layers.values() for p in (u.down, u.up)] for c, layers in adapters.items()}
+        else {c: adapter_params(layers) for c, layers in adapters.items()}
     groups = [{"params": parameters["unet"], "lr": config.learning_rate}]
     if config.train_text_encoder:
         groups.append({"params": parameters["text_encoder"],
