@@ -102,3 +102,21 @@ def test_eval_demo_lora_and_extra_colours(tiny_pipeline_dir, tmp_path, capsys, m
         assert main(["eval-demo", "--model", str(tmp_path / "no-such-model"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"videofusion eval-demo: error: {option}"), err
+
+
+def test_the_demo_vae_renders_orange_and_keeps_its_six_colours():
+    """The shipped decoder was fine-tuned on clips in random colours: an orange clip, encoded and decoded, reads
+    orange (a decoder trained on the six colours alone gave yellow), and the six still read as themselves."""
+    import torch
+    from videofusion.demo import DEMO_MODEL_PATH
+    from videofusion.models import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(str(DEMO_MODEL_PATH / "vae"), torch_dtype=torch.float32)
+    specs = sample_specs(len(COLOURS) + 3, seed=4)
+    colours = list(COLOURS) + ["orange"] * 3
+    for spec, colour in zip(specs, colours):
+        clip = render_clip(ShapeSpec(**{**spec.__dict__, "colour": colour}), 8, 64, 64)  # (f, h, w, 3) uint8
+        x = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (f, 3, h, w) in [-1, 1]
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample  # (f, 3, h, w)
+        frames = ((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        assert analyse_clip(frames, extra_colours=["orange"])["colour"] == colour, (colour, spec)

@@ -143,6 +143,14 @@ def test_render_clip_is_deterministic_uint8_and_seed_dependent():
     assert (plain[:, 0, 0] == BACKGROUNDS["dark"]).all()  # a plain background is exactly the grey
 
 
+def test_render_clip_paints_any_rgb_colour():
+    spec = ShapeSpec("red", "square", "left", size="large")
+    clip = render_clip(spec, 4, 32, 32, rgb=(10, 200, 90))
+    centre = clip[:, 16, 10:22].reshape(-1, 3)  # the square covers the middle row
+    assert (np.abs(centre.astype(int) - (10, 200, 90)).max(axis=1) == 0).any()
+    assert np.array_equal(render_clip(spec, 4, 32, 32, rgb=None), render_clip(spec, 4, 32, 32))
+
+
 @pytest.mark.parametrize("num_frames,height,width", [(16, 64, 64), (48, 64, 64), (8, 40, 96), (2, 16, 16)])
 def test_shape_stays_inside_the_frame(num_frames, height, width):
     specs = [ShapeSpec(c, sh, d, speed, size, start=start)
@@ -243,6 +251,8 @@ def test_bad_inputs_raise_clear_errors():
         render_clip(ShapeSpec("red", "circle", "left"), num_frames=0)
     with pytest.raises(TypeError, match="height"):
         render_clip(ShapeSpec("red", "circle", "left"), height=64.0)
+    with pytest.raises(ValueError, match="rgb"):
+        render_clip(ShapeSpec("red", "circle", "left"), rgb=(300, 0, 0))
     with pytest.raises(ValueError, match="seed"):
         sample_specs(3, seed=-1)
     with pytest.raises(ValueError, match="shape"):

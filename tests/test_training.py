@@ -208,6 +208,41 @@ def test_autoencoder_training_and_scaling_factor():
         train_autoencoder(vae, data, steps=1, foreground_weight=0.5)
 
 
+def test_decoder_only_training_on_any_colour_clips_keeps_the_encoder_bit_for_bit():
+    import colorsys
+    from helpers import TINY_VAE
+    from videofusion.models import AutoencoderKL
+    from videofusion.demo.autoencoder import AnyColourClips, train_autoencoder
+    from videofusion.demo.shapes import COLOURS, ShapesDataset
+    data = ShapesDataset(200, seed=0, num_frames=4, height=16, width=16)
+    clips = AnyColourClips(data, share=0.5, seed=0)
+    new = [clips.colour(i) for i in range(len(data))]
+    assert 70 <= sum(c is not None for c in new) <= 130  # about half repainted
+    assert new == [AnyColourClips(data, share=0.5, seed=0).colour(i) for i in range(len(data))]  # from the seed
+    hues = [colorsys.rgb_to_hsv(*(v / 255 for v in c))[0] for c in new if c is not None]
+    assert len({int(h * 6) for h in hues}) == 6  # every sixth of the hue circle
+    i = next(i for i, c in enumerate(new) if c is not None)
+    pixels = ((clips[i]["video"] + 1) * 127.5).round().reshape(3, -1).T.numpy()
+    assert (np.abs(pixels - np.array(new[i])).max(axis=1) <= 1).any()  # the shape has the new colour
+    assert not any((np.abs(pixels - np.array(c)).max(axis=1) <= 1).any() for c in COLOURS.values())
+    j = next(i for i, c in enumerate(new) if c is None)
+    assert torch.equal(clips[j]["video"], data[j]["video"])  # the others as they were
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**TINY_VAE)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    losses = train_autoencoder(vae, clips, steps=3, clips_per_step=2, frames_per_clip=2, learning_rate=3e-3,
+                               progress=False, decoder_only=True)
+    assert len(losses) == 3
+    after = vae.state_dict()
+    trained = {k for k in before if k.startswith(("decoder.", "post_quant_conv."))}
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in trained)  # encoder and quant_conv
+    assert all(not torch.equal(after[k], before[k]) for k in trained if k.endswith("weight"))
+    with pytest.raises(ValueError, match="decoder_only"):
+        train_autoencoder(vae, clips, steps=1, decoder_only=True, anchor=(8, torch.zeros(3), torch.eye(3)))
+    with pytest.raises(ValueError, match="share"):
+        AnyColourClips(data, share=1.5)
+
+
 def test_colour_anchored_autoencoder_whitens_cell_colours_and_rescales_free_channels():
     from helpers import TINY_VAE
     from videofusion.models import AutoencoderKL
@@ -268,6 +303,8 @@ def test_init_demo_writes_a_pipeline_folder_and_scales_the_token_embeddings(tmp_
     assert gaps[1] > 1.0 > 0.5 > gaps[0]  # scaled: the two words come out nearly orthogonal
     with pytest.raises(ValueError, match="token_embedding_scale"):
         init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, token_embedding_scale=0)
+    with pytest.raises(ValueError, match="decoder_steps"):
+        init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, decoder_steps=-1)
     assert not (tmp_path / "bad").exists()  # rejected before anything is written
 
 
@@ -319,7 +356,7 @@ def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
     from videofusion import TextToVideoSDPipeline
     from videofusion.demo import DEMO_MODEL_PATH
     from videofusion.demo.recipe import FREE_CHANNEL_STD, init_demo_pipeline
-    out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False)  # the shipped recipe
+    out = init_demo_pipeline(tmp_path / "d8", vae_steps=2, progress=False, decoder_steps=2)  # the shipped recipe
     pipe = TextToVideoSDPipeline.from_pretrained(str(out))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 8
     assert pipe.vae.config.scaling_factor == 1.0  # anchored latents are whitened already
@@ -333,7 +370,8 @@ def test_init_demo_defaults_to_colour_anchored_8x8_latents(tmp_path):
     with torch.no_grad():
         free = pipe.vae.encode(frames).latent_dist.mode()[:, 3]
     assert abs(float(free.std()) - FREE_CHANNEL_STD) < 0.25 * FREE_CHANNEL_STD
-    plain = init_demo_pipeline(tmp_path / "d4", vae_steps=2, progress=False, vae_downsample=4, anchor_colours=False)
+    plain = init_demo_pipeline(tmp_path / "d4", vae_steps=2, progress=False, vae_downsample=4, anchor_colours=False,
+                               decoder_steps=0)
     assert TextToVideoSDPipeline.from_pretrained(str(plain)).unet.config.sample_size == 16
     with pytest.raises(ValueError, match="vae_downsample"):
         init_demo_pipeline(tmp_path / "bad", vae_from=DEMO_MODEL_PATH, vae_downsample=2)

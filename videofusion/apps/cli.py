@@ -49,6 +49,9 @@ def add_training(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-from", default=None, metavar="FOLDER",
                    help="reuse the trained vae/ of this pipeline folder instead of training one")
+    p.add_argument("--decoder-steps", type=int, default=None, metavar="N",
+                   help="fine-tune the VAE's decoder alone on clips in random colours for N steps, so it renders any "
+                        "colour (default: the demo recipe's for a VAE trained here, 0 with --vae-from)")
     p.add_argument("--token-embedding-scale", type=float, default=50.0,
                    help="multiply the random text encoder's token embeddings (default 50: words stay apart)")
     p.add_argument("--vae-downsample", type=int, default=8, choices=(4, 8),
@@ -89,7 +92,7 @@ def run_init_demo(args) -> int:
     print(init_demo_pipeline(args.output_dir, vae_steps=args.vae_steps, seed=args.seed,
                              vae_from=args.vae_from, token_embedding_scale=args.token_embedding_scale,
                              vae_downsample=args.vae_downsample, anchor_colours=args.anchor_colours,
-                             broadcast_caption=args.broadcast_caption))
+                             broadcast_caption=args.broadcast_caption, decoder_steps=args.decoder_steps))
     return 0
 
 

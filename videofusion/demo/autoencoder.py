@@ -15,15 +15,51 @@ its latent variance into the background (one direction holds 98% of it on the mo
 the diffusion loss hardly sees the shape's colour or where it is; whitened colour channels give the
 shape's colour and position as much weight as the background's brightness. The free channels carry the
 detail the decoder needs (edges, the shape's outline) and are rescaled by :func:`scale_free_channels`.
+
+Any colour (``decoder_only`` on :class:`AnyColourClips`): a decoder trained on the six colours of the data
+set alone renders a colour between two of them as one of the two (an orange clip's latents decode as yellow),
+so a new colour taught to the diffusion model could never be seen. Fine-tuning the decoder alone on clips
+repainted in random colours keeps the encoder, and so every latent the diffusion model learned from, as it
+was, and makes the decoder render the colour its latents hold.
 """
 from __future__ import annotations
 
+import colorsys
 import math
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .shapes import foreground_mask
+from .shapes import clip_to_tensor, foreground_mask, render_clip
+
+
+class AnyColourClips(torch.utils.data.Dataset):
+    """The clips of ``dataset`` (a :class:`~videofusion.demo.shapes.ShapesDataset`), ``share`` of them (default
+    one half) repainted in a random colour: hue uniform over the circle, HSV saturation 0.55-0.9 and value
+    0.75-0.97 (the range of the data set's own colours), drawn per clip from ``(seed, index)`` alone. Items are
+    ``{"video": (3, f, h, w) in [-1, 1]}``."""
+
+    def __init__(self, dataset, share: float = 0.5, seed: int = 0):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share: must be in [0, 1], got {share!r}")
+        self.dataset, self.share, self.seed = dataset, share, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def colour(self, index: int) -> tuple[float, float, float] | None:
+        """Clip ``index``'s new colour (RGB, 0..255), or None where it keeps its own."""
+        rng = np.random.default_rng([self.seed, index, 9])
+        if rng.random() >= self.share:
+            return None
+        hue, saturation, value = rng.random(), rng.uniform(0.55, 0.9), rng.uniform(0.75, 0.97)
+        return tuple(255.0 * c for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+    def __getitem__(self, index: int) -> dict:
+        ds = self.dataset
+        clip = render_clip(ds.specs[index], ds.num_frames, ds.height, ds.width, ds.trail, rgb=self.colour(index))
+        return {"video": clip_to_tensor(clip)}  # (3, f, h, w)
 
 
 def _frames(dataset, indices: list[int], frames_per_clip: int, g: torch.Generator) -> torch.Tensor:
@@ -71,21 +107,28 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
                       learning_rate: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
                       progress: bool = True, foreground_weight: float = 1.0,
                       anchor: tuple[int, torch.Tensor, torch.Tensor] | None = None,
-                      anchor_weight: float = 1.0) -> list[float]:
+                      anchor_weight: float = 1.0, decoder_only: bool = False) -> list[float]:
     """Train ``vae`` in place on random frames of ``dataset`` (items ``{"video": (3, f, h, w)}``) and
     return the loss per step. Deterministic for a given ``seed``.
 
     ``anchor = (factor, mean, matrix)``: the posterior mean's first three channels are pulled towards the
     whitened cell colours (:func:`anchor_target`, ``factor`` = the VAE's downsampling) with an MSE of
-    weight ``anchor_weight``; the VAE needs ``latent_channels >= 3``."""
+    weight ``anchor_weight``; the VAE needs ``latent_channels >= 3``. ``decoder_only``: train the decoder (and
+    ``post_quant_conv``) alone; the encoder's weights, and so every latent, stay bit for bit as they were."""
     if steps < 1 or clips_per_step < 1 or frames_per_clip < 1:
         raise ValueError("steps, clips_per_step and frames_per_clip: must be >= 1")
     if not foreground_weight >= 1.0:
         raise ValueError(f"foreground_weight: must be >= 1, got {foreground_weight}")
     if anchor is not None and vae.config.latent_channels < 3:
         raise ValueError(f"anchor: needs latent_channels >= 3, the VAE has {vae.config.latent_channels}")
-    vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    if decoder_only and anchor is not None:
+        raise ValueError("anchor: trains the encoder, so it cannot be combined with decoder_only")
+    vae.train().requires_grad_(not decoder_only)
+    if decoder_only:
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=learning_rate * 0.05)
     losses = []
     bar = tqdm(range(steps), desc="autoencoder", disable=not progress)
@@ -93,7 +136,8 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         indices = torch.randint(len(dataset), (clips_per_step,), generator=g).tolist()
         x = _frames(dataset, indices, frames_per_clip, g)  # (n, 3, h, w) in [-1, 1]
-        posterior = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
         error = recon - x
@@ -103,7 +147,7 @@ def train_autoencoder(vae, dataset, steps: int = 1000, clips_per_step: int = 4, 
         if anchor is not None:
             loss = loss + anchor_weight * (posterior.mean[:, :3] - anchor_target(x, anchor)).pow(2).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()

@@ -37,6 +37,9 @@ FREE_CHANNEL_STD = 0.5
 # Weight of the shape's pixels in the VAE loss. With 8x8 latents and plain weights, 2,000 steps merged the six
 # colours into two or three (36% of reconstructed clips read back with the right colour; the 16x16 VAE: 100%).
 FOREGROUND_WEIGHT = {4: 1.0, 8: 10.0}
+# The decoder is then fine-tuned alone on clips half of them repainted in random colours (AnyColourClips), so it
+# renders colours between the six (orange) instead of snapping them to a neighbour: steps, learning rate.
+DECODER_STEPS, DECODER_LEARNING_RATE = 1500, 5e-4
 # Attention (spatial, cross and temporal) at 8x8 and 4x4 latents only: at 16x16 it cost 42% of a training step
 # on the CPU for little benefit (measured).
 UNET = dict(block_out_channels=[32, 64, 96], layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
@@ -63,7 +66,8 @@ def caption_words() -> list[str]:
 def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: int = 0,
                        progress: bool = True, vae_from: str | os.PathLike | None = None,
                        token_embedding_scale: float = 50.0, vae_downsample: int = 8,
-                       anchor_colours: bool = True, broadcast_caption: bool = False) -> Path:
+                       anchor_colours: bool = True, broadcast_caption: bool = False,
+                       decoder_steps: int | None = None) -> Path:
     """Write the starting pipeline folder of the demo model to ``out_dir`` (diffusers layout). The defaults
     are the shipped model's recipe (docs/demo-model.md). The folder is built beside ``out_dir`` and then
     swapped in whole (an existing folder is replaced), so an interrupted run leaves ``out_dir`` as it was.
@@ -88,16 +92,23 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
     ``vae_from``: a pipeline folder whose trained ``vae/`` is reused instead of training one (the VAE
     training is seeded, so a folder written earlier by this function with the same ``seed`` and
     ``vae_steps`` gives the same result, ~7 minutes sooner on 2 CPU cores).
+
+    ``decoder_steps`` (default None: :data:`DECODER_STEPS` for a VAE trained here, 0 for one reused from
+    ``vae_from``): fine-tune the VAE's decoder alone for that many steps on clips half of them repainted in
+    random colours (:class:`~videofusion.demo.autoencoder.AnyColourClips`), so that it renders any colour its
+    latents hold; the encoder, and so the latents, stay as they were.
     """
     from ..io.saving import atomic_folder
     from ..models import AutoencoderKL, UNet3DConditionModel
     from ..pipelines.text_to_video import TextToVideoSDPipeline
     from ..schedulers import DDIMScheduler
-    from .autoencoder import colour_whitening, fit_scaling_factor, scale_free_channels, train_autoencoder
+    from .autoencoder import AnyColourClips, colour_whitening, fit_scaling_factor, scale_free_channels, train_autoencoder
     from .tokenizer import build_clip_tokenizer
 
     if not token_embedding_scale > 0:
         raise ValueError(f"token_embedding_scale: must be > 0, got {token_embedding_scale}")
+    if decoder_steps is not None and decoder_steps < 0:
+        raise ValueError(f"decoder_steps: must be >= 0, got {decoder_steps}")
     if vae_downsample not in VAE_DOWNSAMPLE:
         raise ValueError(f"vae_downsample: must be one of {sorted(VAE_DOWNSAMPLE)}, got {vae_downsample!r}")
     vae_config = VAE_DOWNSAMPLE[vae_downsample]
@@ -113,11 +124,11 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
         torch.manual_seed(seed)
         text_encoder = demo_text_encoder(tokenizer, token_embedding_scale, broadcast_caption)
         unet = UNet3DConditionModel(**{**UNET, "sample_size": SIZE // vae_downsample})
+        frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
         if reused_vae is not None:
             vae = reused_vae
         else:
             vae = AutoencoderKL(**vae_config)
-            frames = ShapesDataset(2000, seed=seed + 1, num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
             anchor = (vae_downsample, *colour_whitening(frames, vae_downsample, seed=seed)) if anchor_colours else None
             train_autoencoder(vae, frames, steps=vae_steps, seed=seed, progress=progress,
                               foreground_weight=FOREGROUND_WEIGHT[vae_downsample], anchor=anchor)
@@ -126,6 +137,12 @@ def init_demo_pipeline(out_dir: str | os.PathLike, vae_steps: int = 2000, seed: 
                 vae = _with_scaling(vae, vae_config, 1.0)
             else:
                 vae = _with_scaling(vae, vae_config, fit_scaling_factor(vae, frames, seed=seed))
+        if decoder_steps is None:
+            decoder_steps = 0 if reused_vae is not None else DECODER_STEPS
+        if decoder_steps:
+            train_autoencoder(vae, AnyColourClips(frames, seed=seed), steps=decoder_steps,
+                              learning_rate=DECODER_LEARNING_RATE, seed=seed + 1, progress=progress,
+                              foreground_weight=FOREGROUND_WEIGHT[vae_downsample], decoder_only=True)
         pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                      scheduler=DDIMScheduler(**SCHEDULER))
         pipe.save_pretrained(str(out))

@@ -227,21 +227,24 @@ TRAIL_GAP, TRAIL_ALPHA = 0.35, 0.5
 
 
 def render_clip(spec: ShapeSpec, num_frames: int = 16, height: int = 64, width: int = 64,
-                trail: int = 0) -> np.ndarray:
+                trail: int = 0, rgb: tuple[float, float, float] | None = None) -> np.ndarray:
     """Render ``spec`` as a uint8 array of shape ``(num_frames, height, width, 3)`` (RGB).
 
     Deterministic: the same spec and geometry give identical bytes. ``height`` and ``width`` are
     in pixels, at least 8. ``trail`` (default 0: none) draws that many faded copies of the shape
     behind it, opposite to its motion (copy j at ``j * TRAIL_GAP`` sizes, opacity ``TRAIL_ALPHA ** j``),
-    so every single frame shows which way the shape moves.
+    so every single frame shows which way the shape moves. ``rgb`` (0..255 each, default None: the spec's
+    colour) paints the shape in any other colour.
     """
     _check_geometry(num_frames, height, width)
     _check_positive_int("trail", trail, 0)
+    if rgb is not None and (len(rgb) != 3 or not all(0.0 <= float(v) <= 255.0 for v in rgb)):
+        raise ValueError(f"rgb: must be three values in [0, 255], got {rgb!r}")
     background = np.broadcast_to(np.asarray(BACKGROUNDS[spec.background], np.float32), (height, width, 3))
     if spec.noise > 0:
         texture = np.random.default_rng(spec.seed).standard_normal((height, width, 1), dtype=np.float32)
         background = background + 255.0 * spec.noise * texture  # grey texture, static over the clip
-    colour = np.asarray(_ALL_COLOURS[spec.colour], np.float32)
+    colour = np.asarray(_ALL_COLOURS[spec.colour] if rgb is None else rgb, np.float32)
     size = SIZES[spec.size] * min(height, width)
     clip = np.empty((num_frames, height, width, 3), np.uint8)
     axis, backwards = _motion(spec.direction)
